@@ -1,0 +1,7 @@
+"""``python -m loopd`` is the ``loopd`` command."""
+
+import sys
+
+from loopd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""Serving backends: where completions come from and where adapters go live.
+
+Everything else in loopd talks to serving through ``ServingBackend`` alone, so the
+in-process engine (the CPU default) and a vLLM server over HTTP are interchangeable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from loopd.config import ServingConfig
+from loopd.types import Completion, GenerationRequest
+
+
+class AdapterLoadError(RuntimeError):
+    """Serving refused or failed to load an adapter; what served before still serves."""
+
+
+class ServingBackend(Protocol):
+    """The seam between loopd and the model server.
+
+    ``generate`` returns, for each request, its ``n`` completions in order. Adapters are
+    addressed by serving name; requests name the adapter they want, so a swap is simply
+    "load the new name, then point requests at it".
+    """
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]: ...
+
+    def load_adapter(self, name: str, path: Path) -> None: ...
+
+    def unload_adapter(self, name: str) -> None: ...
+
+    def adapters(self) -> list[str]: ...
+
+    def health(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def open_backend(cfg: ServingConfig, base_model: Path) -> ServingBackend:
+    """The serving backend the config names, connected and ready."""
+    if cfg.backend == "local":
+        from loopd.backends.local import LocalBackend
+
+        return LocalBackend(base_model, batch_size=cfg.batch_size, threads=cfg.threads)
+    raise ValueError(f"serving.backend={cfg.backend!r} is not known")

@@ -1,0 +1,203 @@
+"""In-process serving: transformers + PEFT, the embedded default on a CPU machine.
+
+One base model stays in memory; LoRA adapters are loaded beside it under their serving
+names and chosen per request, which is what vLLM does with ``model=<lora_name>``. A lock
+serializes generation and adapter changes, so a swap can never land in the middle of a
+batch: a request either runs wholly on the old adapter or wholly on the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from loopd.backends import AdapterLoadError
+from loopd.types import Completion, GenerationRequest, Prompt
+
+log = logging.getLogger(__name__)
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
+    """Plain prompts pass through; chat prompts go through the model's chat template."""
+    if prompt.messages is None:
+        return prompt.text or ""
+    if tokenizer.chat_template is None:
+        raise ValueError(
+            f"prompt {prompt.id!r} has 'messages' but the model has no chat template; "
+            "give it as plain 'prompt' text instead"
+        )
+    return tokenizer.apply_chat_template(
+        list(prompt.messages), tokenize=False, add_generation_prompt=True
+    )
+
+
+class LocalBackend:
+    """transformers + PEFT in this process; satisfies ``ServingBackend``."""
+
+    def __init__(self, base: Path, *, batch_size: int = 32, threads: int | None = None):
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.base_path = base
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(base, padding_side="left")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+        self._peft: PeftModel | None = None
+        self._lock = threading.RLock()
+
+    # -- adapters --------------------------------------------------------------
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        with self._lock:
+            if name in self.adapters():
+                raise AdapterLoadError(f"adapter {name!r} is already loaded; use a new name")
+            try:
+                if self._peft is None:
+                    self._peft = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+                    self._peft.eval()
+                else:
+                    self._peft.load_adapter(path, adapter_name=name)
+            except Exception as error:  # PEFT raises many types for a bad folder
+                raise AdapterLoadError(
+                    f"cannot load adapter {name!r} from {path}: {error}"
+                ) from error
+        log.info("adapter loaded", extra={"adapter": name, "path": str(path)})
+
+    def unload_adapter(self, name: str) -> None:
+        with self._lock:
+            if name not in self.adapters():
+                raise KeyError(f"adapter {name!r} is not loaded")
+            if len(self.adapters()) == 1:
+                self.model = self._peft.unload()  # restores the bare base model
+                self._peft = None
+            else:
+                self._peft.delete_adapter(name)
+        log.info("adapter unloaded", extra={"adapter": name})
+
+    def adapters(self) -> list[str]:
+        return [] if self._peft is None else list(self._peft.peft_config)
+
+    def health(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Nothing to release beyond memory; present for the ``ServingBackend`` seam."""
+
+    # -- generation ------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        """Batch requests that share sampling settings; keep the caller's order."""
+        results: list[list[Completion]] = [[] for _ in requests]
+        key = _batch_key
+        order = sorted(range(len(requests)), key=lambda i: key(requests[i]))
+        for _, group in itertools.groupby(order, key=lambda i: key(requests[i])):
+            indices = list(group)
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                for index, completions in zip(
+                    chunk, self._generate_batch([requests[i] for i in chunk]), strict=True
+                ):
+                    results[index] = completions
+        return results
+
+    def _generate_batch(self, batch: list[GenerationRequest]) -> list[list[Completion]]:
+        first = batch[0]
+        texts = [render_prompt(self.tokenizer, r.prompt) for r in batch]
+        encoded = self.tokenizer(texts, return_tensors="pt", padding=True)
+        sampling = first.temperature > 0
+        started = time.perf_counter()
+        with self._lock, self._adapter(first.adapter), torch.inference_mode():
+            if first.seed is not None:
+                torch.manual_seed(first.seed)
+            output = self._generator().generate(
+                **encoded,
+                max_new_tokens=first.max_tokens,
+                do_sample=sampling,
+                temperature=first.temperature if sampling else None,
+                top_p=first.top_p if sampling else None,
+                top_k=None,
+                num_return_sequences=first.n,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        latency = (time.perf_counter() - started) / len(batch)
+        new_tokens = output[:, encoded["input_ids"].shape[1] :]
+        prompts = [
+            [t for t in row.tolist() if t != self.tokenizer.pad_token_id]
+            for row in encoded["input_ids"]
+        ]
+        rows = [
+            self._completion(batch[i // first.n], prompts[i // first.n], tokens, latency)
+            for i, tokens in enumerate(new_tokens)
+        ]
+        return [rows[i * first.n : (i + 1) * first.n] for i in range(len(batch))]
+
+    def _generator(self) -> torch.nn.Module:
+        return self._peft if self._peft is not None else self.model
+
+    @contextlib.contextmanager
+    def _adapter(self, name: str | None) -> Iterator[None]:
+        """Make ``name`` the active adapter for one batch; None means the bare base."""
+        if name is None:
+            with (
+                self._peft.disable_adapter() if self._peft is not None else contextlib.nullcontext()
+            ):
+                yield
+            return
+        if name not in self.adapters():
+            raise KeyError(f"adapter {name!r} is not loaded (loaded: {self.adapters()})")
+        self._peft.set_adapter(name)
+        yield
+
+    def _completion(
+        self, request: GenerationRequest, prompt_ids: list[int], ids: torch.Tensor, latency: float
+    ) -> Completion:
+        tokens = ids.tolist()
+        eos = self.tokenizer.eos_token_id
+        finished = eos in tokens
+        if finished:
+            tokens = tokens[: tokens.index(eos)]
+        tokens = [t for t in tokens if t != self.tokenizer.pad_token_id]
+        return Completion(
+            prompt_id=request.prompt.id,
+            text=self._continuation(prompt_ids, tokens),
+            finish_reason="stop" if finished else "length",
+            token_ids=tuple(tokens),
+            stop_reason=eos if finished else None,
+            adapter=request.adapter,
+            temperature=request.temperature,
+            seed=request.seed,
+            latency_s=latency,
+        )
+
+    def _continuation(self, prompt_ids: list[int], tokens: list[int]) -> str:
+        """The text the tokens add after the prompt, leading whitespace included.
+
+        Decoding the new tokens alone loses the space a SentencePiece-style decoder
+        strips from a first token; decoding prompt+tokens and cutting the prompt off is
+        what vLLM does, so both backends return the same text and ``prompt + text``
+        re-tokenizes to the same ids, which DPO training relies on.
+        """
+        head = self.tokenizer.decode(prompt_ids, skip_special_tokens=True)
+        whole = self.tokenizer.decode(prompt_ids + tokens, skip_special_tokens=True)
+        return whole[len(head) :]
+
+
+def _batch_key(request: GenerationRequest) -> tuple:
+    return (
+        request.adapter or "",
+        request.temperature,
+        request.top_p,
+        request.max_tokens,
+        request.n,
+        -1 if request.seed is None else request.seed,
+    )

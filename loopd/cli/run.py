@@ -1,0 +1,41 @@
+"""``loopd run --config FILE``: the long-running daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from loopd import logs
+from loopd.backends import open_backend
+from loopd.cli.progress import progress_bar
+from loopd.config import ConfigError, load_config
+from loopd.daemon import Daemon
+from loopd.loop import Loop, resolve_inputs
+from loopd.store import Store
+
+log = logging.getLogger("loopd.cli")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("run", help="run the daemon (sample, train, gate, deploy)")
+    parser.add_argument("--config", type=Path, required=True, help="TOML or YAML config file")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as error:
+        logs.configure("text")
+        log.error("bad config", extra={"problems": error.problems})
+        return 1
+    logs.configure(cfg.daemon.log_format)
+    update, close = progress_bar("building the embedded model")
+    inputs = resolve_inputs(cfg, update)
+    close()
+    loop = Loop(
+        cfg, inputs, backend=open_backend(cfg.serving, inputs.base_model), store=Store(cfg.db_path)
+    )
+    Daemon(loop).run_forever()
+    return 0

@@ -1,0 +1,272 @@
+"""loopd's one configuration, declared once, validated at load.
+
+Every field says what it means. Unknown keys are rejected (a typo must not pass
+silently), and a bad file yields one line per problem naming the field's dotted path
+and what is allowed, which ``loopd config check FILE`` prints. Relative paths in a file
+are taken relative to that file's folder, so a config means the same from any cwd.
+Unset model and prompt paths mean the embedded default: a tiny seeded model and its
+prompt files, built once under ``state_dir``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from loopd.detect import DetectorConfig
+
+ChosenSource = Literal["reference", "resample", "truncate"]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Section):
+    base: Path | None = Field(
+        None,
+        description="Local Hugging Face folder of the base causal LM. Unset: the embedded "
+        "tiny transcription model, built once (seeded) under state_dir/embedded.",
+    )
+    embedded_seed: int = Field(0, description="Seed for building the embedded model.")
+
+
+class ServingConfig(Section):
+    backend: Literal["local"] = Field(
+        "local",
+        description="Serving backend. 'local' runs transformers+PEFT in this process "
+        "(the CPU default).",
+    )
+    max_tokens: int = Field(48, gt=0, description="Token limit for every generation.")
+    batch_size: int = Field(32, gt=0, description="Prompts per forward batch (local).")
+    threads: int | None = Field(
+        1,
+        gt=0,
+        description="torch intra-op threads of the local engine; 1 suits tiny models best "
+        "(more threads only add sync overhead); raise it for bigger ones; unset = torch's.",
+    )
+
+
+class SamplingConfig(Section):
+    prompts: list[Path] = Field(
+        default_factory=list,
+        description="Prompt files (JSON Lines) to sample from. Empty: the embedded "
+        "training prompts.",
+    )
+    interval_seconds: float = Field(60.0, gt=0, description="Seconds between sampling jobs.")
+    prompts_per_round: int = Field(64, gt=0, description="Prompts drawn per sampling job.")
+    samples_per_prompt: int = Field(1, gt=0, description="Completions per drawn prompt.")
+    temperature: float = Field(0.0, ge=0.0, description="Sampling temperature (0 = greedy).")
+    top_p: Probability = Field(1.0, description="Nucleus sampling mass.")
+    seed: int = Field(0, description="Seed for drawing prompts and for sampling.")
+
+
+class PairingConfig(Section):
+    chosen_order: list[ChosenSource] = Field(
+        default_factory=lambda: ["reference", "resample", "truncate"],
+        min_length=1,
+        description="How to make the chosen answer, in order of preference.",
+    )
+    resample_attempts: int = Field(
+        2, ge=0, description="Resamples tried per prompt for a non-degenerate chosen answer."
+    )
+    resample_temperature: float = Field(0.8, gt=0.0, description="Temperature of those resamples.")
+    min_truncated_chars: int = Field(
+        8, ge=1, description="A chosen cut before the loop must keep at least this much text."
+    )
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> PairingConfig:
+        if len(set(self.chosen_order)) != len(self.chosen_order):
+            raise ValueError("chosen_order lists a source twice; name each source once")
+        return self
+
+
+class TrainingConfig(Section):
+    min_fresh_pairs: int = Field(
+        16, gt=0, description="A training round starts once this many untrained pairs exist."
+    )
+    max_fresh_pairs: int = Field(256, gt=0, description="Newest pairs used per round, at most.")
+    replay_fraction: Probability = Field(
+        0.25, description="Older, already-trained pairs mixed in, as a share of fresh ones."
+    )
+    reference_policy: Literal["base", "deployed"] = Field(
+        "deployed",
+        description="DPO reference: 'deployed' = the adapter the round continues from "
+        "(a trust region around what serves now); 'base' = the bare base model.",
+    )
+    loss_type: list[Literal["sigmoid", "sft", "ipo", "hinge", "robust"]] = Field(
+        default_factory=lambda: ["sigmoid", "sft"],
+        min_length=1,
+        description="TRL DPO loss terms; 'sft' on the chosen side guards answer length.",
+    )
+    beta: float = Field(0.1, gt=0.0, description="DPO beta (strength of the reference tie).")
+    learning_rate: float = Field(
+        2e-3,
+        gt=0.0,
+        le=1.0,
+        description="AdamW learning rate (suits the embedded tiny model; use ~1e-5 to 5e-5 "
+        "for models of 100M+ parameters).",
+    )
+    epochs: float = Field(2.0, gt=0.0, description="Passes over the round's pairs.")
+    batch_size: int = Field(8, gt=0, description="Pairs per optimizer step.")
+    max_length: int = Field(
+        256, gt=8, description="Prompt+answer tokens; longer pairs are dropped and counted."
+    )
+    lora_rank: int = Field(8, gt=0, description="LoRA rank of a new adapter.")
+    lora_alpha: int = Field(16, gt=0, description="LoRA alpha of a new adapter.")
+    lora_dropout: Probability = Field(0.0, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        min_length=1,
+        description="Modules the LoRA adapts (never lm_head: PEFT+TRL reject it).",
+    )
+    timeout_seconds: float = Field(
+        900.0, gt=0, description="A round's child process is killed after this long."
+    )
+    seed: int = Field(0, description="Seed of the training round.")
+    threads: int | None = Field(
+        1, gt=0, description="torch threads in the trainer process; unset = torch's."
+    )
+
+
+class GateConfig(Section):
+    heldout: Path | None = Field(
+        None,
+        description="Held-out prompt file (JSON Lines), never trained on. Unset: the "
+        "embedded held-out prompts.",
+    )
+    min_degeneration_drop: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Promote only if the candidate's held-out degeneration rate is lower "
+        "than the live one's by more than this (absolute share).",
+    )
+    max_cer_increase: float = Field(
+        0.0, ge=0.0, description="Largest allowed rise of CER against the live adapter."
+    )
+    min_length_ratio: float = Field(
+        0.9,
+        ge=0.0,
+        description="Candidate's mean answer length over the references' must stay above "
+        "this where references exist (loops fixed by truncation are a regression).",
+    )
+
+
+class DeployConfig(Section):
+    adapter_prefix: str = Field(
+        "loopd",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Serving names are '<prefix>-vNNNN', one new name per version, so a "
+        "server never confuses two versions (letters, digits, '.', '_', '-').",
+    )
+
+
+class DaemonConfig(Section):
+    host: str = Field("127.0.0.1", description="Address of the HTTP endpoints.")
+    port: int = Field(9464, ge=0, le=65535, description="Port of /metrics and /healthz (0 = any).")
+    retention_days: float = Field(
+        30.0, gt=0, description="Samples older than this that no pair uses are deleted."
+    )
+    retention_interval_seconds: float = Field(3600.0, gt=0, description="Retention job period.")
+    train_check_seconds: float = Field(
+        30.0, gt=0, description="How often to check whether enough fresh pairs exist."
+    )
+    log_format: Literal["json", "text"] = Field("json", description="Log line format.")
+
+
+class LoopdConfig(Section):
+    state_dir: Path = Field(Path("state"), description="Database, adapters and embedded model.")
+    model: ModelConfig = ModelConfig()
+    serving: ServingConfig = ServingConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    detector: DetectorConfig = DetectorConfig()
+    pairing: PairingConfig = PairingConfig()
+    training: TrainingConfig = TrainingConfig()
+    gate: GateConfig = GateConfig()
+    deploy: DeployConfig = DeployConfig()
+    daemon: DaemonConfig = DaemonConfig()
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "loopd.db"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.state_dir / "adapters"
+
+    @property
+    def embedded_dir(self) -> Path:
+        return self.state_dir / "embedded"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; ``problems`` holds one readable line per field."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def load_config(path: Path) -> LoopdConfig:
+    """Read, validate and anchor a TOML or YAML config; raise ``ConfigError`` if bad."""
+    raw = _read_mapping(path)
+    try:
+        config = LoopdConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(str(path), [_describe(e) for e in error.errors()]) from None
+    return _anchor_paths(config, path.resolve().parent)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(str(path), [f"cannot read the file: {error.strerror}"]) from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            raw = yaml.safe_load(text) or {}
+        else:
+            raw = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(str(path), [f"not valid {path.suffix[1:].upper()}: {error}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), ["the top level must be a table of sections"])
+    return raw
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key; remove it or check its spelling against the docs"
+    return f"{where}: {error['msg']} (got {error.get('input')!r})"
+
+
+def _anchor_paths(config: LoopdConfig, base: Path) -> LoopdConfig:
+    def anchor(path: Path | None) -> Path | None:
+        return path if path is None or path.is_absolute() else base / path
+
+    return config.model_copy(
+        update={
+            "state_dir": anchor(config.state_dir),
+            "model": config.model.model_copy(update={"base": anchor(config.model.base)}),
+            "sampling": config.sampling.model_copy(
+                update={"prompts": [anchor(p) for p in config.sampling.prompts]}
+            ),
+            "gate": config.gate.model_copy(update={"heldout": anchor(config.gate.heldout)}),
+        }
+    )

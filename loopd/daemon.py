@@ -1,0 +1,162 @@
+"""The daemon: runs the loop's stages as scheduled jobs beside a small HTTP server.
+
+Jobs (APScheduler, one thread each):
+
+- ``sample`` every ``sampling.interval_seconds``: sample → detect → store → pair;
+- ``train`` every ``daemon.train_check_seconds``: a training round once enough fresh
+  pairs exist (train → evaluate → gate → deploy);
+- ``retention`` every ``daemon.retention_interval_seconds``.
+
+A job never overlaps itself (``max_instances=1``, missed runs coalesced). A job that
+raises is logged with its traceback and counted in ``loopd_job_runs{outcome="error"}``;
+the daemon carries on and the job runs again at its next time. SIGTERM and SIGINT stop
+it cleanly: running jobs finish (a training child is waited for), then the server stops.
+
+HTTP: ``/metrics`` (Prometheus), ``/healthz`` (serving reachable), ``/status`` (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from loopd.loop import Loop
+from loopd.metrics import Metrics
+from loopd.status import snapshot
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, loop: Loop, *, clock: Callable[[], float] = time.time):
+        self.loop = loop
+        self.cfg = loop.cfg
+        self.clock = clock
+        self.metrics = Metrics(loop.store)
+        self.scheduler = BackgroundScheduler(job_defaults={"max_instances": 1, "coalesce": True})
+        self.stopped = threading.Event()
+        self.http: ThreadingHTTPServer | None = None
+
+    # -- jobs ------------------------------------------------------------------
+
+    def run_job(self, name: str, work: Callable[[], Any]) -> bool:
+        """Run one job, counting and logging its outcome; never raises."""
+        started = time.perf_counter()
+        try:
+            work()
+        except Exception:
+            log.exception("job failed", extra={"job": name})
+            self.metrics.job_runs.labels(name, "error").inc()
+            return False
+        finally:
+            self.metrics.job_seconds.labels(name).observe(time.perf_counter() - started)
+        self.metrics.job_runs.labels(name, "ok").inc()
+        return True
+
+    def train_if_ready(self) -> None:
+        if self.loop.ready_to_train():
+            report = self.loop.training_round()
+            log.info("round finished", extra={"round": report.round_id, "status": report.status})
+
+    def retention(self) -> None:
+        cutoff = self.clock() - self.cfg.daemon.retention_days * 86400
+        removed = self.loop.store.delete_old_samples(cutoff)
+        log.info("retention", extra={"removed_samples": removed})
+
+    def _schedule(self, name: str, work: Callable[[], Any], seconds: float) -> None:
+        self.scheduler.add_job(
+            self.run_job,
+            "interval",
+            args=(name, work),
+            seconds=seconds,
+            id=name,
+            next_run_time=_now(),
+        )
+
+    # -- life cycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        restored = self.loop.deployer.restore()
+        removed = self.loop.registry.clean_staging()
+        log.info(
+            "daemon starting",
+            extra={"live_version": restored and restored.version, "staging_removed": removed},
+        )
+        self.http = _serve_http(self, self.cfg.daemon.host, self.cfg.daemon.port)
+        self._schedule("sample", self.loop.sample_round, self.cfg.sampling.interval_seconds)
+        self._schedule("train", self.train_if_ready, self.cfg.daemon.train_check_seconds)
+        self._schedule("retention", self.retention, self.cfg.daemon.retention_interval_seconds)
+        self.scheduler.start()
+
+    @property
+    def port(self) -> int:
+        return self.http.server_address[1] if self.http else 0
+
+    def stop(self) -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        log.info("daemon stopping")
+        self.scheduler.shutdown(wait=True)
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+        self.loop.backend.close()
+
+    def run_forever(self) -> None:
+        """Start, then block until SIGTERM or SIGINT, then stop cleanly."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self.stopped.set())
+        self.start()
+        log.info("daemon ready", extra={"port": self.port})
+        self.stopped.wait()
+        self.stopped.clear()
+        self.stop()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _serve_http(daemon: Daemon, host: str, port: int) -> ThreadingHTTPServer:
+    handler = type("LoopdHandler", (_Handler,), {"daemon": daemon})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="loopd-http", daemon=True).start()
+    return server
+
+
+class _Handler(BaseHTTPRequestHandler):
+    daemon: Daemon
+
+    def do_GET(self) -> None:
+        if self.path == "/metrics":
+            self._send(200, generate_latest(self.daemon.metrics.registry), CONTENT_TYPE_LATEST)
+        elif self.path == "/healthz":
+            healthy = self.daemon.loop.backend.health()
+            self._send(200 if healthy else 503, b"ok\n" if healthy else b"serving unreachable\n")
+        elif self.path == "/status":
+            body = json.dumps(snapshot(self.daemon.loop.store), default=str).encode()
+            self._send(200, body, "application/json")
+        else:
+            self._send(404, b"not found: try /metrics, /healthz or /status\n")
+
+    def _send(self, code: int, body: bytes, content_type: str = "text/plain") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http", extra={"request": format % args})

@@ -1,0 +1,315 @@
+"""The loop itself: the one place that knows the stage order.
+
+    sample → detect → store → pair         (``sample_round``, run on an interval)
+    train → evaluate → gate → deploy       (``training_round``, when enough fresh pairs)
+
+Stages are plain functions over plain data; this module passes their outputs along and
+records what happened. Collaborators (serving backend, store, clock) are passed in, so a
+test can drive whole cycles with no sleeps and no network.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+from loopd import detect as detector
+from loopd.adapters import AdapterRegistry
+from loopd.backends import ServingBackend
+from loopd.config import LoopdConfig
+from loopd.deploy import Deployer, DeployFailed
+from loopd.embedded import HELDOUT_FILE, MODEL_DIRNAME, TRAIN_FILE, EmbeddedSpec, ensure_embedded
+from loopd.evaluate import evaluate, gate
+from loopd.pair import make_pair
+from loopd.sample import draw, read_prompts, sample
+from loopd.store import Store
+from loopd.train import ProgressHook, TrainingFailed, run_round
+from loopd.types import (
+    AdapterVersion,
+    Completion,
+    Detection,
+    EvalReport,
+    GateDecision,
+    GenerationRequest,
+    Prompt,
+    TrainResult,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Where the base model and prompts are, once the embedded default is resolved."""
+
+    base_model: Path
+    train_prompts: list[Prompt]
+    heldout: list[Prompt]
+
+
+@dataclass(frozen=True)
+class SampleReport:
+    samples: int
+    degenerate: int
+    pairs: int
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    round_id: int
+    status: str  # "promoted" | "rejected" | "failed" | "deploy_failed"
+    candidate: AdapterVersion | None
+    train: TrainResult | None
+    decision: GateDecision | None
+    fresh_pairs: int
+    replay_pairs: int
+    error: str | None = None
+
+
+def resolve_inputs(
+    cfg: LoopdConfig, progress: Callable[[int, int, float], None] | None = None
+) -> Inputs:
+    """Fill unset model/prompt paths with the embedded default, building it if needed."""
+    embedded = None
+    if cfg.model.base is None or not cfg.sampling.prompts or cfg.gate.heldout is None:
+        spec = EmbeddedSpec(seed=cfg.model.embedded_seed)
+        embedded = ensure_embedded(cfg.embedded_dir, spec, progress)
+    base = cfg.model.base or embedded / MODEL_DIRNAME
+    train_files = cfg.sampling.prompts or [embedded / TRAIN_FILE]
+    heldout_file = cfg.gate.heldout or embedded / HELDOUT_FILE
+    train = [p for path in train_files for p in read_prompts(path)]
+    heldout = read_prompts(heldout_file)
+    overlap = {p.id for p in train} & {p.id for p in heldout}
+    if overlap:
+        raise ValueError(
+            f"{len(overlap)} held-out prompt ids are also training prompts (e.g. "
+            f"{sorted(overlap)[0]!r}); the gate must measure prompts never trained on"
+        )
+    return Inputs(base_model=base, train_prompts=train, heldout=heldout)
+
+
+class Loop:
+    def __init__(
+        self,
+        cfg: LoopdConfig,
+        inputs: Inputs,
+        *,
+        backend: ServingBackend,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.cfg = cfg
+        self.inputs = inputs
+        self.backend = backend
+        self.store = store
+        self.clock = clock
+        self.registry = AdapterRegistry(cfg.adapters_dir)
+        self.deployer = Deployer(backend, store, prefix=cfg.deploy.adapter_prefix)
+        self._rounds_sampled = 0
+
+    def detect(self, completion: Completion) -> Detection:
+        return detector.detect(
+            completion.text,
+            token_ids=completion.token_ids,
+            finish_reason=completion.finish_reason,
+            config=self.cfg.detector,
+        )
+
+    # -- sample → detect → store → pair ------------------------------------------
+
+    def sample_round(self) -> SampleReport:
+        seed = self.cfg.sampling.seed + self._rounds_sampled
+        self._rounds_sampled += 1
+        prompts = draw(
+            self.inputs.train_prompts, self.cfg.sampling.prompts_per_round, random.Random(seed)
+        )
+        completions = sample(
+            self.backend,
+            prompts,
+            adapter=self.deployer.live_name(),
+            cfg=self.cfg.sampling,
+            max_tokens=self.cfg.serving.max_tokens,
+            seed=seed,
+        )
+        stored = self.store.add_samples([(p, c, self.detect(c)) for p, c in completions])
+        degenerate = sum(s.detection.degenerate for s in stored)
+        log.info("sampled", extra={"samples": len(stored), "degenerate": degenerate})
+        return SampleReport(samples=len(stored), degenerate=degenerate, pairs=self.pair_fresh())
+
+    def pair_fresh(self) -> int:
+        """Pair every stored degenerate sample not yet handled (also after a crash)."""
+        samples = self.store.unpaired_degenerate()
+        resample = partial(self._resample, adapter=self.deployer.live_name())
+        pairs = [
+            make_pair(
+                s,
+                order=self.cfg.pairing.chosen_order,
+                resample=resample,
+                detect=self.detect,
+                min_truncated_chars=self.cfg.pairing.min_truncated_chars,
+            )
+            for s in samples
+        ]
+        made = [p for p in pairs if p is not None]
+        self.store.add_pairs(made, handled_sample_ids=[s.id for s in samples])
+        return len(made)
+
+    def _resample(self, prompt: Prompt, *, adapter: str | None) -> Sequence[Completion]:
+        if self.cfg.pairing.resample_attempts == 0:
+            return []
+        request = GenerationRequest(
+            prompt=prompt,
+            max_tokens=self.cfg.serving.max_tokens,
+            n=self.cfg.pairing.resample_attempts,
+            temperature=self.cfg.pairing.resample_temperature,
+            seed=int(self.clock()),
+            adapter=adapter,
+        )
+        return self.backend.generate([request])[0]
+
+    # -- train → evaluate → gate → deploy ----------------------------------------
+
+    def ready_to_train(self) -> bool:
+        return self.store.count_fresh_pairs() >= self.cfg.training.min_fresh_pairs
+
+    def evaluate(self, adapter: str | None) -> EvalReport:
+        return evaluate(
+            self.backend,
+            self.inputs.heldout,
+            adapter=adapter,
+            max_tokens=self.cfg.serving.max_tokens,
+            detect=self.detect,
+        )
+
+    def training_round(self, on_progress: ProgressHook | None = None) -> RoundReport:
+        fresh = self.store.fresh_pairs(self.cfg.training.max_fresh_pairs)
+        replay_count = round(len(fresh) * self.cfg.training.replay_fraction)
+        replay = self.store.replay_pairs(replay_count, seed=self.cfg.training.seed + len(fresh))
+        live = self.deployer.live()
+        round_id = self.store.start_round(parent_version=live and live.version)
+        version = self._next_version()
+        staging = self.registry.staging_dir(version)
+        log.info(
+            "training round", extra={"round": round_id, "fresh": len(fresh), "replay": len(replay)}
+        )
+        try:
+            result = run_round(
+                fresh + replay,
+                base_model=self.inputs.base_model,
+                init_adapter=live and live.path,
+                out_dir=staging,
+                cfg=self.cfg.training,
+                on_progress=on_progress,
+            )
+        except TrainingFailed as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            return self._failed(round_id, "failed", error, len(fresh), len(replay))
+        self.store.mark_trained([p.id for p in fresh], round_id)
+        candidate = self._publish(staging, version, live, round_id, result)
+        return self._gate_and_deploy(round_id, candidate, live, result, len(fresh), len(replay))
+
+    def _next_version(self) -> int:
+        on_disk = self.registry.versions_on_disk()
+        return max(self.store.max_adapter_version(), max(on_disk, default=0)) + 1
+
+    def _publish(
+        self,
+        staging: Path,
+        version: int,
+        live: AdapterVersion | None,
+        round_id: int,
+        result: TrainResult,
+    ) -> AdapterVersion:
+        details = {k: v for k, v in asdict(result).items() if k != "adapter_dir"}
+        candidate = self.registry.publish(
+            staging,
+            version=version,
+            parent=live and live.version,
+            round_id=round_id,
+            details=details,
+        )
+        self.store.add_adapter_version(candidate)
+        return candidate
+
+    def _gate_and_deploy(
+        self,
+        round_id: int,
+        candidate: AdapterVersion,
+        live: AdapterVersion | None,
+        result: TrainResult,
+        fresh: int,
+        replay: int,
+    ) -> RoundReport:
+        name = self.deployer.serving_name(candidate)
+        self.backend.load_adapter(name, candidate.path)
+        decision = gate(
+            self.evaluate(name), self.evaluate(self.deployer.serving_name(live)), self.cfg.gate
+        )
+        self.store.record_event(
+            "gate",
+            version=candidate.version,
+            round_id=round_id,
+            promote=decision.promote,
+            reason=decision.reason,
+            candidate=asdict(decision.candidate),
+            live=asdict(decision.live),
+        )
+        status = "promoted" if decision.promote else "rejected"
+        try:
+            if decision.promote:
+                self.deployer.deploy(candidate, round_id=round_id)
+            else:
+                self.backend.unload_adapter(name)
+        except DeployFailed as error:
+            return self._failed(round_id, "deploy_failed", error, fresh, replay, candidate, result)
+        self.store.finish_round(
+            round_id,
+            status,
+            **self._round_fields(candidate, result, fresh, replay),
+            decision=decision.reason,
+        )
+        return RoundReport(round_id, status, candidate, result, decision, fresh, replay)
+
+    def _failed(
+        self,
+        round_id: int,
+        status: str,
+        error: Exception,
+        fresh: int,
+        replay: int,
+        candidate: AdapterVersion | None = None,
+        result: TrainResult | None = None,
+    ) -> RoundReport:
+        log.error(
+            "training round failed",
+            extra={"round": round_id, "status": status, "error": str(error)},
+        )
+        self.store.finish_round(
+            round_id,
+            status,
+            error=str(error),
+            **self._round_fields(candidate, result, fresh, replay),
+        )
+        self.store.record_event(status, round_id=round_id, error=str(error))
+        return RoundReport(round_id, status, candidate, result, None, fresh, replay, str(error))
+
+    @staticmethod
+    def _round_fields(
+        candidate: AdapterVersion | None, result: TrainResult | None, fresh: int, replay: int
+    ) -> dict[str, object]:
+        fields: dict[str, object] = {"fresh_pairs": fresh, "replay_pairs": replay}
+        if candidate is not None:
+            fields["candidate_version"] = candidate.version
+        if result is not None:
+            fields |= {
+                "dropped_overlong": result.dropped_overlong,
+                "train_seconds": result.seconds,
+                "final_loss": result.final_loss,
+            }
+        return fields

@@ -1,0 +1,367 @@
+"""The one SQLite database: every sample, pair, round, adapter version and event.
+
+All SQL lives here. The database runs in WAL mode with a busy timeout so the daemon's
+jobs and an operator's ``loopd status`` can read while a job writes. The schema is
+managed by sqlite-utils ``Migrations``; a database that records a migration this code
+does not know was written by a newer loopd and is refused rather than misread.
+
+Writes that belong together (a batch of samples, a round's pairs being marked as
+trained) happen in one transaction, so a crash never leaves half of a batch behind.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from loopd.types import AdapterVersion, Completion, Detection, Pair, Prompt, Sample
+
+migrations = Migrations("loopd")
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["prompts"].create(
+        {
+            "id": str,
+            "text": str,
+            "messages": str,
+            "reference": str,
+            "kind": str,
+            "created_at": float,
+        },
+        pk="id",
+    )
+    db["samples"].create(
+        {
+            "id": int, "prompt_id": str, "adapter": str, "text": str, "token_ids": str,
+            "finish_reason": str, "stop_reason": str, "temperature": float, "seed": int,
+            "latency_s": float, "degenerate": int, "rule": str, "score": float,
+            "loop_start": int, "loop_start_token": int, "period": int, "repeats": float,
+            "loop_fraction": float, "paired": int, "created_at": float,
+        },
+        pk="id",
+        foreign_keys=[("prompt_id", "prompts", "id")],
+        defaults={"paired": 0},
+    )  # fmt: skip
+    db["samples"].create_index(["degenerate", "paired"])
+    db["samples"].create_index(["created_at"])
+    db["pairs"].create(
+        {
+            "id": int, "prompt_id": str, "sample_id": int, "chosen": str, "rejected": str,
+            "chosen_source": str, "trained_round": int, "created_at": float,
+        },
+        pk="id",
+        foreign_keys=[("prompt_id", "prompts", "id"), ("sample_id", "samples", "id")],
+    )  # fmt: skip
+    db["pairs"].create_index(["trained_round"])
+    db["rounds"].create(
+        {
+            "id": int, "status": str, "started_at": float, "finished_at": float,
+            "parent_version": int, "candidate_version": int, "fresh_pairs": int,
+            "replay_pairs": int, "dropped_overlong": int, "train_seconds": float,
+            "final_loss": float, "decision": str, "error": str,
+        },
+        pk="id",
+    )  # fmt: skip
+    db["adapter_versions"].create(
+        {"version": int, "path": str, "parent": int, "round_id": int, "created_at": float},
+        pk="version",
+    )
+    db["events"].create(
+        {"id": int, "at": float, "kind": str, "version": int, "round_id": int, "payload": str},
+        pk="id",
+    )
+    db["events"].create_index(["kind"])
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was written by a newer loopd; reading it could lose data."""
+
+
+class Store:
+    """Repository over the loopd database; every method is one short transaction."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._clock = clock
+        self._local = threading.local()
+        self.db.enable_wal()
+        self._refuse_newer_schema()
+        migrations.apply(self.db)
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection: jobs and HTTP handlers never share a transaction."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite_utils.Database(self.path)
+            db.execute("PRAGMA busy_timeout = 10000")
+            db.execute("PRAGMA foreign_keys = ON")
+            self._local.db = db
+        return db
+
+    def _refuse_newer_schema(self) -> None:
+        known = {m.name for m in migrations._migrations}
+        unknown = [m.name for m in migrations.applied(self.db) if m.name not in known]
+        if unknown:
+            raise SchemaTooNewError(
+                f"{self.path} has schema migrations this loopd does not know "
+                f"({', '.join(unknown)}); it was written by a newer loopd. "
+                "Upgrade loopd, or point state_dir elsewhere."
+            )
+
+    def _transaction(self) -> AbstractContextManager[sqlite_utils.Database]:
+        return self.db.atomic()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- prompts and samples -------------------------------------------------
+
+    def add_samples(self, rows: Sequence[tuple[Prompt, Completion, Detection]]) -> list[Sample]:
+        """Store completions with their detections, degenerate or not, in one go."""
+        now = self._clock()
+        samples = []
+        with self._transaction():
+            for prompt, completion, detection in rows:
+                self._upsert_prompt(prompt, now)
+                row_id = self.db["samples"].insert(_sample_row(completion, detection, now)).last_pk
+                samples.append(Sample(row_id, prompt, completion, detection, now))
+        return samples
+
+    def _upsert_prompt(self, prompt: Prompt, now: float) -> None:
+        row = {
+            "id": prompt.id,
+            "text": prompt.text,
+            "messages": json.dumps(prompt.messages) if prompt.messages else None,
+            "reference": prompt.reference,
+            "kind": prompt.kind,
+        }
+        self.db["prompts"].insert({**row, "created_at": now}, pk="id", ignore=True)
+        self.db["prompts"].update(prompt.id, row)
+
+    def unpaired_degenerate(self, limit: int = 1000) -> list[Sample]:
+        return self._samples_where("s.degenerate = 1 AND s.paired = 0", [], limit)
+
+    def clean_samples_of(self, prompt_id: str, limit: int = 5) -> list[Sample]:
+        return self._samples_where("s.prompt_id = ? AND s.degenerate = 0", [prompt_id], limit)
+
+    def _samples_where(self, where: str, params: list[Any], limit: int) -> list[Sample]:
+        sql = (
+            "SELECT s.*, p.text AS p_text, p.messages AS p_messages, p.reference AS p_reference,"
+            f" p.kind AS p_kind FROM samples s JOIN prompts p ON p.id = s.prompt_id WHERE {where}"
+            " ORDER BY s.id LIMIT ?"
+        )
+        return [_sample_from_row(r) for r in self.db.query(sql, [*params, limit])]
+
+    # -- pairs ---------------------------------------------------------------
+
+    def add_pairs(self, pairs: Sequence[Pair], *, handled_sample_ids: Iterable[int]) -> None:
+        """Store pairs and mark their source samples paired, atomically.
+
+        Samples that yielded no pair are marked too (``handled_sample_ids``) so they are
+        not retried forever; they stay in the database and in the degeneration rate.
+        """
+        now = self._clock()
+        with self._transaction():
+            self.db["pairs"].insert_all(_pair_row(p, now) for p in pairs)
+            for sample_id in handled_sample_ids:
+                self.db["samples"].update(sample_id, {"paired": 1})
+
+    def fresh_pairs(self, limit: int) -> list[Pair]:
+        return self._pairs_where("q.trained_round IS NULL ORDER BY q.id DESC LIMIT ?", [limit])
+
+    def count_fresh_pairs(self) -> int:
+        return self.db["pairs"].count_where("trained_round IS NULL")
+
+    def replay_pairs(self, count: int, *, seed: int) -> list[Pair]:
+        """A seeded random sample of already-trained pairs, against forgetting."""
+        ids = [
+            r["id"] for r in self.db.query("SELECT id FROM pairs WHERE trained_round IS NOT NULL")
+        ]
+        chosen = random.Random(seed).sample(ids, min(count, len(ids)))
+        if not chosen:
+            return []
+        marks = ",".join("?" * len(chosen))
+        return self._pairs_where(f"q.id IN ({marks}) ORDER BY q.id", chosen)
+
+    def _pairs_where(self, where: str, params: list[Any]) -> list[Pair]:
+        sql = (
+            "SELECT q.*, p.text AS p_text, p.messages AS p_messages, p.reference AS p_reference,"
+            f" p.kind AS p_kind FROM pairs q JOIN prompts p ON p.id = q.prompt_id WHERE {where}"
+        )
+        return [_pair_from_row(r) for r in self.db.query(sql, params)]
+
+    def mark_trained(self, pair_ids: Iterable[int], round_id: int) -> None:
+        with self._transaction():
+            for pair_id in pair_ids:
+                self.db["pairs"].update(pair_id, {"trained_round": round_id})
+
+    # -- rounds, adapters, events ----------------------------------------------
+
+    def start_round(self, *, parent_version: int | None) -> int:
+        row = {"status": "running", "started_at": self._clock(), "parent_version": parent_version}
+        return self.db["rounds"].insert(row).last_pk
+
+    def finish_round(self, round_id: int, status: str, **fields: Any) -> None:
+        self.db["rounds"].update(
+            round_id, {"status": status, "finished_at": self._clock(), **fields}
+        )
+
+    def rounds(self, limit: int = 20) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM rounds ORDER BY id DESC LIMIT ?", [limit]))
+
+    def add_adapter_version(self, version: AdapterVersion) -> None:
+        row = asdict(version) | {"path": str(version.path)}
+        self.db["adapter_versions"].insert(row, pk="version")
+
+    def adapter_version(self, version: int) -> AdapterVersion | None:
+        rows = list(self.db.query("SELECT * FROM adapter_versions WHERE version = ?", [version]))
+        return _version_from_row(rows[0]) if rows else None
+
+    def max_adapter_version(self) -> int:
+        row = next(self.db.query("SELECT MAX(version) AS v FROM adapter_versions"))
+        return row["v"] or 0
+
+    def record_event(
+        self, kind: str, *, version: int | None = None, round_id: int | None = None, **payload: Any
+    ) -> None:
+        row = {"at": self._clock(), "kind": kind, "version": version, "round_id": round_id}
+        self.db["events"].insert(row | {"payload": json.dumps(payload, default=str)})
+
+    def events(self, limit: int = 50) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM events ORDER BY id DESC LIMIT ?", [limit]))
+
+    def live_version(self) -> int | None:
+        """The adapter serving now: the last deploy or rollback wins; None = bare base."""
+        sql = (
+            "SELECT version FROM events WHERE kind IN ('deployed', 'rolled_back')"
+            " ORDER BY id DESC LIMIT 1"
+        )
+        rows = list(self.db.query(sql))
+        return rows[0]["version"] if rows else None
+
+    # -- counts and retention --------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Totals read at scrape time by the metrics collector (never stale)."""
+        one = lambda sql: next(self.db.query(sql))["n"]  # noqa: E731
+        return {
+            "samples": one("SELECT COUNT(*) AS n FROM samples"),
+            "degenerate_samples": one("SELECT COUNT(*) AS n FROM samples WHERE degenerate = 1"),
+            "pairs": one("SELECT COUNT(*) AS n FROM pairs"),
+            "fresh_pairs": one("SELECT COUNT(*) AS n FROM pairs WHERE trained_round IS NULL"),
+            "rounds": one("SELECT COUNT(*) AS n FROM rounds"),
+            "adapter_versions": one("SELECT COUNT(*) AS n FROM adapter_versions"),
+        }
+
+    def recent_degeneration_rate(self, window: int) -> float:
+        sql = (
+            "SELECT AVG(degenerate) AS r FROM"
+            " (SELECT degenerate FROM samples ORDER BY id DESC LIMIT ?)"
+        )
+        return next(self.db.query(sql, [window]))["r"] or 0.0
+
+    def rounds_by_status(self) -> dict[str, int]:
+        sql = "SELECT status, COUNT(*) AS n FROM rounds GROUP BY status"
+        return {r["status"]: r["n"] for r in self.db.query(sql)}
+
+    def delete_old_samples(self, older_than: float) -> int:
+        """Retention: drop samples older than the cutoff that no pair refers to."""
+        where = "created_at < ? AND id NOT IN (SELECT sample_id FROM pairs)"
+        with self._transaction():
+            count = self.db["samples"].count_where(where, [older_than])
+            self.db["samples"].delete_where(where, [older_than])
+        return count
+
+
+def _sample_row(completion: Completion, detection: Detection, now: float) -> dict[str, Any]:
+    row = asdict(completion) | asdict(detection)
+    row["token_ids"] = (
+        json.dumps(list(completion.token_ids)) if completion.token_ids is not None else None
+    )
+    row["stop_reason"] = None if completion.stop_reason is None else str(completion.stop_reason)
+    row["degenerate"] = int(detection.degenerate)
+    return row | {"created_at": now, "paired": 0}
+
+
+def _prompt_from_row(row: dict[str, Any]) -> Prompt:
+    messages = json.loads(row["p_messages"]) if row["p_messages"] else None
+    return Prompt(
+        id=row["prompt_id"],
+        text=row["p_text"],
+        messages=tuple(messages) if messages else None,
+        reference=row["p_reference"],
+        kind=row["p_kind"],
+    )
+
+
+def _sample_from_row(row: dict[str, Any]) -> Sample:
+    token_ids = json.loads(row["token_ids"]) if row["token_ids"] else None
+    completion = Completion(
+        prompt_id=row["prompt_id"],
+        text=row["text"],
+        finish_reason=row["finish_reason"],
+        token_ids=tuple(token_ids) if token_ids is not None else None,
+        stop_reason=row["stop_reason"],
+        adapter=row["adapter"],
+        temperature=row["temperature"],
+        seed=row["seed"],
+        latency_s=row["latency_s"],
+    )
+    detection = Detection(
+        degenerate=bool(row["degenerate"]),
+        rule=row["rule"],
+        score=row["score"],
+        loop_start=row["loop_start"],
+        loop_start_token=row["loop_start_token"],
+        period=row["period"],
+        repeats=row["repeats"],
+        loop_fraction=row["loop_fraction"],
+    )
+    return Sample(row["id"], _prompt_from_row(row), completion, detection, row["created_at"])
+
+
+def _pair_row(pair: Pair, now: float) -> dict[str, Any]:
+    return {
+        "prompt_id": pair.prompt.id,
+        "sample_id": pair.sample_id,
+        "chosen": pair.chosen,
+        "rejected": pair.rejected,
+        "chosen_source": pair.chosen_source,
+        "trained_round": None,
+        "created_at": now,
+    }
+
+
+def _pair_from_row(row: dict[str, Any]) -> Pair:
+    return Pair(
+        prompt=_prompt_from_row(row),
+        chosen=row["chosen"],
+        rejected=row["rejected"],
+        chosen_source=row["chosen_source"],
+        sample_id=row["sample_id"],
+        id=row["id"],
+    )
+
+
+def _version_from_row(row: dict[str, Any]) -> AdapterVersion:
+    return AdapterVersion(
+        version=row["version"],
+        path=Path(row["path"]),
+        parent=row["parent"],
+        created_at=row["created_at"],
+        round_id=row["round_id"],
+    )

@@ -1,0 +1,71 @@
+"""Config: one declaration, validated; bad files name the field and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loopd.cli import main
+from loopd.config import ConfigError, LoopdConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.*")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    config = load_config(path)
+    assert config.state_dir.is_absolute()
+
+
+def test_defaults_are_the_embedded_default() -> None:
+    config = LoopdConfig()
+    assert config.serving.backend == "local"
+    assert config.model.base is None and config.gate.heldout is None
+
+
+def test_unknown_key_names_its_path(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[training]\nlearning_rat = 0.1\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(bad)
+    assert error.value.problems == [
+        "training.learning_rat: unknown key; remove it or check its spelling against the docs"
+    ]
+
+
+def test_bad_value_names_field_and_limit(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling:\n  top_p: 1.5\npairing:\n  chosen_order: [reference, oracle]\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(bad)
+    problems = "\n".join(error.value.problems)
+    assert "sampling.top_p: Input should be less than or equal to 1" in problems
+    assert "pairing.chosen_order.1:" in problems and "'oracle'" in problems
+
+
+def test_relative_paths_are_anchored_at_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "c.toml"
+    path.write_text('state_dir = "st"\n[gate]\nheldout = "../h.jsonl"\n')
+    config = load_config(path)
+    assert config.state_dir == tmp_path / "sub" / "st"
+    assert config.gate.heldout == tmp_path / "sub" / ".." / "h.jsonl"
+
+
+def test_config_check_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gate]\nmin_length_ratio = -1\n")
+    assert main(["config", "check", str(bad)]) == 1
+    assert (
+        "gate.min_length_ratio: Input should be greater than or equal to 0"
+        in capsys.readouterr().out
+    )
+    assert main(["config", "check", str(REPO / "configs" / "local.toml")]) == 0
+
+
+def test_absolute_paths_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'state_dir = "{tmp_path / "abs"}"\n[model]\nbase = "/models/m"\n')
+    config = load_config(path)
+    assert (config.state_dir, config.model.base) == (tmp_path / "abs", Path("/models/m"))

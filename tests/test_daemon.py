@@ -1,0 +1,99 @@
+"""The daemon: scheduled jobs, real HTTP endpoints, failures counted, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from loopd.backends.local import LocalBackend
+from loopd.config import LoopdConfig
+from loopd.daemon import Daemon
+from loopd.loop import Loop, resolve_inputs
+from loopd.store import Store
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.2)
+
+
+def daemon_config(config: LoopdConfig) -> LoopdConfig:
+    return config.model_copy(
+        update={
+            "daemon": config.daemon.model_copy(update={"port": 0, "train_check_seconds": 3600}),
+            "sampling": config.sampling.model_copy(update={"interval_seconds": 3600}),
+        }
+    )
+
+
+def test_jobs_run_metrics_scrape_and_failures_are_counted(config: LoopdConfig) -> None:
+    cfg = daemon_config(config)
+    inputs = resolve_inputs(cfg)
+    loop = Loop(
+        cfg, inputs, backend=LocalBackend(inputs.base_model, threads=1), store=Store(cfg.db_path)
+    )
+    daemon = Daemon(loop)
+    daemon.start()
+    try:
+        url = f"http://127.0.0.1:{daemon.port}"
+        wait_for(lambda: loop.store.counts()["samples"] > 0)
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        metrics = httpx.get(f"{url}/metrics").text
+        assert f"loopd_samples_total {cfg.sampling.prompts_per_round}.0" in metrics
+        assert 'loopd_job_runs_total{job="sample",outcome="ok"} 1.0' in metrics
+        status = httpx.get(f"{url}/status").json()
+        assert status["counts"]["samples"] == cfg.sampling.prompts_per_round
+        assert httpx.get(f"{url}/nope").status_code == 404
+
+        def broken() -> None:
+            raise RuntimeError("serving went away")
+
+        assert daemon.run_job("sample", broken) is False  # logged and counted, not raised
+        value = daemon.metrics.registry.get_sample_value(
+            "loopd_job_runs_total", {"job": "sample", "outcome": "error"}
+        )
+        assert value == 1.0
+        assert daemon.run_job("sample", loop.sample_round) is True  # and the next run works
+    finally:
+        daemon.stop()
+
+
+def test_cli_daemon_logs_json_and_stops_on_sigterm(config: LoopdConfig, tmp_path: Path) -> None:
+    path = tmp_path / "loopd.toml"
+    path.write_text(
+        f'state_dir = "{config.state_dir}"\n'
+        f'[model]\nbase = "{config.model.base}"\n'
+        f'[sampling]\nprompts = ["{config.sampling.prompts[0]}"]\ninterval_seconds = 3600\n'
+        f'[gate]\nheldout = "{config.gate.heldout}"\n'
+        "[daemon]\nport = 0\ntrain_check_seconds = 3600\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-m", "loopd", "run", "--config", str(path)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = []
+        for line in child.stderr:
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+            if {"daemon ready", "sampled"} <= {entry["msg"] for entry in lines}:
+                break
+        ready = next(entry for entry in lines if entry["msg"] == "daemon ready")
+        assert httpx.get(f"http://127.0.0.1:{ready['port']}/healthz").status_code == 200
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=60) == 0
+        tail = [
+            json.loads(line) for line in child.stderr.read().splitlines() if line.startswith("{")
+        ]
+        assert any(entry["msg"] == "daemon stopping" for entry in tail)
+    finally:
+        child.kill()

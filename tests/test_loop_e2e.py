@@ -1,0 +1,58 @@
+"""One whole cycle through real parts: tiny model, real TRL, real SQLite, real PEFT serving."""
+
+from __future__ import annotations
+
+from loopd.backends.local import LocalBackend
+from loopd.config import LoopdConfig
+from loopd.loop import Loop, resolve_inputs
+from loopd.store import Store
+
+
+def test_a_full_cycle_finds_loops_trains_gates_and_deploys(config: LoopdConfig) -> None:
+    inputs = resolve_inputs(config)
+    backend = LocalBackend(inputs.base_model, threads=1)
+    loop = Loop(config, inputs, backend=backend, store=Store(config.db_path))
+    before = loop.evaluate(None)
+    assert before.degeneration_rate >= 0.2  # the embedded model really loops
+
+    sampled = loop.sample_round()
+    counts = loop.store.counts()
+    assert counts["samples"] == sampled.samples == config.sampling.prompts_per_round
+    assert 0 < counts["degenerate_samples"] < counts["samples"]  # loops and clean ones, all kept
+    assert counts["pairs"] == sampled.pairs == counts["degenerate_samples"]
+    assert loop.ready_to_train()
+
+    report = loop.training_round()
+    assert report.status == "promoted", report.decision and report.decision.reason
+    assert report.train.steps > 0 and report.candidate.path.is_dir()
+    assert report.decision.candidate.degeneration_rate < before.degeneration_rate
+    assert report.decision.candidate.cer <= before.cer
+
+    live = loop.deployer.live_name()
+    assert live == f"loopd-v{report.candidate.version:04d}" and live in backend.adapters()
+    assert loop.store.count_fresh_pairs() == 0
+    loop.sample_round()  # serving now answers with the deployed adapter
+    adapters = {r["adapter"] for r in loop.store.db.query("SELECT DISTINCT adapter FROM samples")}
+    assert adapters == {None, live}
+    kinds = [e["kind"] for e in loop.store.events()]
+    assert kinds[:2] == ["deployed", "gate"]
+
+
+def test_a_failed_round_leaves_the_deployed_adapter_serving(config: LoopdConfig) -> None:
+    broken = config.model_copy(
+        update={"training": config.training.model_copy(update={"timeout_seconds": 0.5})}
+    )
+    inputs = resolve_inputs(broken)
+    loop = Loop(
+        broken,
+        inputs,
+        backend=LocalBackend(inputs.base_model, threads=1),
+        store=Store(broken.db_path),
+    )
+    loop.sample_round()
+    report = loop.training_round()
+    assert report.status == "failed" and "killed" in report.error
+    assert (
+        loop.deployer.live() is None and loop.store.count_fresh_pairs() > 0
+    )  # pairs kept for a retry
+    assert loop.registry.versions_on_disk() == [] and not list(loop.registry.root.iterdir())

@@ -1,0 +1,99 @@
+"""Training: real TRL DPO steps in a child process; failures never escape as crashes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from loopd.config import TrainingConfig
+from loopd.embedded import degenerate_answer
+from loopd.train import TrainingFailed, run_round
+from loopd.types import Pair, Prompt
+
+
+def pairs_from(embedded_dir: Path, count: int = 8) -> list[Pair]:
+    rows = [json.loads(line) for line in (embedded_dir / "train.jsonl").open()]
+    doubled = [r for r in rows if r["kind"] == "doubled"][:count]
+    return [
+        Pair(
+            prompt=Prompt(id=r["id"], text=r["prompt"], reference=r["reference"]),
+            chosen=" " + r["reference"],
+            rejected=" " + " ".join(degenerate_answer(r["reference"].split())),
+            chosen_source="reference",
+            sample_id=i,
+        )
+        for i, r in enumerate(doubled)
+    ]
+
+
+FAST = TrainingConfig(epochs=1, batch_size=4)
+
+
+def test_a_round_trains_a_new_adapter(base_model: Path, embedded_dir: Path, tmp_path: Path) -> None:
+    steps = []
+    result = run_round(
+        pairs_from(embedded_dir),
+        base_model=base_model,
+        init_adapter=None,
+        out_dir=tmp_path / "out",
+        cfg=FAST,
+        on_progress=lambda step, total, loss: steps.append(step),
+    )
+    weights = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    lora_b = [w for name, w in weights.items() if "lora_B" in name]
+    assert lora_b and any(w.abs().sum() > 0 for w in lora_b)  # B starts at zero: it moved
+    assert (result.pairs_used, result.steps, result.dropped_overlong) == (8, 2, 0)
+    assert steps and max(steps) == 2
+
+
+def test_continuing_from_an_adapter_changes_it(
+    base_model, embedded_dir, random_adapter, tmp_path
+) -> None:
+    start = random_adapter(seed=5)
+    cfg = FAST.model_copy(update={"reference_policy": "base"})
+    run_round(
+        pairs_from(embedded_dir),
+        base_model=base_model,
+        init_adapter=start,
+        out_dir=tmp_path / "o",
+        cfg=cfg,
+    )
+    before = load_file(start / "adapter_model.safetensors")
+    after = load_file(tmp_path / "o" / "adapter_model.safetensors")
+    assert before.keys() == after.keys()  # only the "default" adapter, not TRL's "ref" copy
+    assert any(not before[k].equal(after[k]) for k in before)
+
+
+def test_over_long_pairs_are_dropped_and_counted(base_model, embedded_dir, tmp_path) -> None:
+    pairs = pairs_from(embedded_dir, 4)
+    long = pairs[0].__class__(**{**pairs[0].__dict__, "chosen": " amber" * 300})
+    result = run_round(
+        [*pairs, long], base_model=base_model, init_adapter=None, out_dir=tmp_path / "o", cfg=FAST
+    )
+    assert (result.pairs_used, result.dropped_overlong) == (4, 1)
+
+
+def test_a_crashing_trainer_raises_training_failed(embedded_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingFailed, match="exited with status"):
+        run_round(
+            pairs_from(embedded_dir, 2),
+            base_model=tmp_path / "no-such-model",
+            init_adapter=None,
+            out_dir=tmp_path / "o",
+            cfg=FAST,
+        )
+
+
+def test_a_hung_trainer_is_killed_at_the_timeout(base_model, embedded_dir, tmp_path) -> None:
+    cfg = FAST.model_copy(update={"timeout_seconds": 0.5})
+    with pytest.raises(TrainingFailed, match=r"timeout_seconds=0\.5; killed"):
+        run_round(
+            pairs_from(embedded_dir, 2),
+            base_model=base_model,
+            init_adapter=None,
+            out_dir=tmp_path / "o",
+            cfg=cfg,
+        )
