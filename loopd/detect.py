@@ -796,6 +796,7 @@ def _from_text_run(
         start, end = (base + k for k in _to_original(src, rule, found.view, (run.start, run.end)))
         per = max(1, round((end - start) / run.repeats))
         start = _align(text, _Run(start, end, per), True).start
+    start = _line_start(text, start, max(1, round((end - start) / run.repeats)))
     total = max(len(text.rstrip()), 1)
     fraction = min(1.0, max(end - start, 0) / total)
     start_token = None
@@ -815,6 +816,19 @@ def _from_text_run(
         repeats=round(run.repeats, 2),
         loop_fraction=round(fraction, 4),
     )
+
+
+def _line_start(text: str, start: int, period: int) -> int:
+    """For a loop of whole lines (its unit holds a newline), start at a line's beginning.
+
+    The run may begin inside the line before the loop, where that line ends like the
+    unit does ("2. Labrador Retriever" before "3. Golden Retriever", ...): starting at the
+    next line keeps the cut clean and stays within one period of the run's start.
+    """
+    if start == 0 or text[start - 1] == "\n" or text[start + period - 1 : start + period] == "\n":
+        return start  # at a line start already, or the unit itself starts here ("Intro. A\n")
+    newline = text.find("\n", start, start + period)
+    return start if newline < 0 else newline + 1
 
 
 def _from_token_run(text: str, token_ids: Sequence[int], run: _Run) -> Detection:

@@ -1,0 +1,242 @@
+"""The degeneration detector: shapes it must catch, text it must leave alone, its config.
+
+Property tests (hypothesis) state the contract; the example tests pin the hard cases
+seen in real SmolLM2 output and the legitimately repetitive text from the issue.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from loopd.detect import DEFAULT_CONFIG, DetectorConfig, detect
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# A prefix alphabet disjoint (after lower-casing) from the unit's letters, so the true
+# loop start is known up to the separators the two share.
+PREFIX = st.text(alphabet="ABCDEFGHIJKLM0123456789 .,;:\n-", max_size=400)
+WORD = st.text(alphabet="nopqrstuvwxyz", min_size=1, max_size=9)
+SEPARATOR = st.sampled_from([" ", ". ", ", ", "\n", "! ", " | ", ";\n"])
+
+
+@st.composite
+def looped(draw) -> tuple[str, int, int]:
+    """(text, true loop start, unit length): a prefix, then a unit repeated to the end."""
+    prefix = draw(PREFIX)
+    words = draw(st.lists(WORD, min_size=1, max_size=12))
+    unit = " ".join(words) + draw(SEPARATOR)
+    cfg = DEFAULT_CONFIG
+    # Thresholds count normalized characters (letters and digits); one unit of slack for
+    # each edge (the cut at the end, the word alignment at the start).
+    letters = sum(map(len, words))
+    enough = max(cfg.min_repeats + 1, math.ceil(cfg.min_loop_chars / letters) + 2)
+    repeats = draw(st.integers(int(enough), int(enough) + 20))
+    body = unit * repeats
+    cut = draw(st.integers(0, len(unit) - 1))  # the token limit may stop mid-unit
+    return prefix + body[: len(body) - cut], len(prefix), len(unit)
+
+
+@SETTINGS
+@given(looped())
+def test_any_text_then_a_repeated_unit_is_detected(case):
+    text, truth, unit = case
+    det = detect(text)
+    assert det.degenerate
+    assert abs(det.loop_start - truth) <= unit
+    assert det.repeats >= DEFAULT_CONFIG.min_repeats
+
+
+@st.composite
+def table(draw) -> str:
+    """A markdown or CSV table of distinct rows sharing one template, shuffled."""
+    names = draw(
+        st.lists(
+            st.text(string.ascii_lowercase, min_size=3, max_size=12),
+            min_size=3,
+            max_size=60,
+            unique=True,
+        )
+    )
+    rows = [
+        (n, draw(st.integers(0, 10**6)), draw(st.floats(0, 100).map("{:.2f}".format)))
+        for n in names
+    ]
+    rows = draw(st.permutations(rows))
+    numbered = draw(st.booleans())
+    if draw(st.booleans()):
+        lines = ["| # | name | count | share |" if numbered else "| name | count | share |"]
+        lines.append("|---|---|---|---|" if numbered else "|---|---|---|")
+        lines += [
+            (f"| {i + 1} " if numbered else "") + f"| {n} | {c} | {s} |"
+            for i, (n, c, s) in enumerate(rows)
+        ]
+    else:
+        lines = ["id,name,count,share" if numbered else "name,count,share"]
+        lines += [
+            (f"{i + 1}," if numbered else "") + f"{n},{c},{s}" for i, (n, c, s) in enumerate(rows)
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@SETTINGS
+@given(table())
+def test_tables_with_shuffled_rows_never_fire(text):
+    assert not detect(text).degenerate
+
+
+@SETTINGS
+@given(
+    st.one_of(st.text(max_size=600), looped().map(lambda c: c[0]), table()),
+    st.text(alphabet=" \t\n\r\x0b\x0c\u00a0\u2003", max_size=50),
+)
+def test_trailing_whitespace_does_not_change_the_verdict(text, ws):
+    first, second = detect(text), detect(text + ws)
+    assert first.degenerate == second.degenerate
+    assert first.rule == second.rule
+    assert first.loop_start == second.loop_start
+
+
+# --- shapes it must catch --------------------------------------------------------------
+
+
+def test_counter_list_is_a_loop():
+    """SmolLM2's favourite: only the counter changes ('39. Violin', '40. Violin')."""
+    text = "Here are 50 instruments:\n\n1. Piano\n2. Guitar\n" + "".join(
+        f"{i}. Violin\n" for i in range(3, 51)
+    )
+    det = detect(text)
+    assert det.degenerate and det.rule == "counter_cycle"
+    assert text[det.loop_start :].startswith("Violin") or text[det.loop_start :].startswith("3.")
+
+
+def test_jittered_repeats_are_a_near_cycle():
+    unit = ["The cat sat on the mat. ", "the cat sat on the mat, ", "The  cat sat on the mat! "]
+    order = [0, 1, 1, 2, 0, 2, 2, 1, 0, 0, 1, 2, 1, 0, 2, 0, 1, 2, 2, 0]  # no exact cycle
+    det = detect("Once upon a time. " + "".join(unit[i] for i in order))
+    assert det.degenerate and det.rule == "near_cycle"
+    assert 20 <= det.period <= 30
+
+
+def test_single_token_loop_and_paragraph_loop():
+    assert detect("Answer: " + "the " * 100).period == 4
+    para = " ".join(
+        f"Sentence number {w} of a long paragraph goes here." for w in "abcdefghijklmnopqrst"
+    )
+    det = detect("Intro.\n\n" + (para + "\n\n") * 4)
+    assert det.degenerate and abs(det.period - len(para) - 2) <= 2
+
+
+def test_nested_loop_reports_the_outer_loop():
+    """A repeated paragraph that itself repeats a line: the loop starts at the first one."""
+    block = "Line one is here.\n" * 5 + "Then a different line closes the block.\n\n"
+    det = detect("Intro. " + block * 8)
+    assert det.loop_start == len("Intro. ") and det.period == len(block)
+
+
+def test_unicode_and_crlf_loops():
+    for text in (
+        "Привет. " + "Это цикл, да! " * 30,
+        "你好。" + "这是一个循环。" * 40,
+        "Hi.\r\n" + "Same line here.\r\n" * 40,
+    ):
+        assert detect(text).degenerate, text[:20]
+
+
+def test_loop_then_short_recovery_counts_but_long_recovery_does_not():
+    loop = "Intro. " + "I will repeat myself. " * 20
+    assert detect(loop + "\n\nI hope this helps!").degenerate
+    story = " ".join(f"Then chapter {w} began, and it was different." for w in string.ascii_letters)
+    assert not detect(loop + "\n\n" + story).degenerate
+
+
+def test_repetition_finish_reason_is_degenerate():
+    det = detect("short answer", finish_reason="repetition")
+    assert det.degenerate and det.rule == "finish_repetition"
+    det = detect("x " + "ab cd " * 5, finish_reason="repetition")
+    assert det.degenerate and det.loop_start is not None
+
+
+def test_token_ids_give_the_token_offset():
+    ids = list(range(100, 130)) + [7, 8, 9, 10] * 30
+    text = "".join(f"w{t} " for t in ids)
+    det = detect(text, token_ids=ids)
+    assert det.degenerate and det.loop_start_token == 30
+    only_tokens = detect("", token_ids=ids)
+    assert only_tokens.rule == "token_cycle" and only_tokens.period == 4
+
+
+def test_punctuation_loop_is_caught_but_separator_lines_are_not():
+    assert detect("Wow" + "!" * 300).degenerate
+    doc = "Title\n" + "=" * 79 + "\n\nSome text here.\n" + ("-" * 79 + "\n") * 5 + "The end.\n"
+    assert not detect(doc).degenerate
+    assert not detect("Some text here.\n" + ("-" * 79 + "\n") * 5).degenerate
+
+
+# --- text it must leave alone ------------------------------------------------------------
+
+
+def test_numbered_list_of_different_items_is_clean():
+    items = "apple banana cherry damson elderberry fig grape honeydew kiwi lemon mango".split()
+    assert not detect("".join(f"{i}. {w}\n" for i, w in enumerate(items * 3, 1))[:-60]).degenerate
+    assert not detect("".join(f"{i}. {w}\n" for i, w in enumerate(items, 1))).degenerate
+
+
+def test_log_with_repeated_messages_is_clean():
+    lines = [
+        f"2024-05-01 12:{m:02d}:{s:02d},123 INFO heartbeat ok" for m in range(3) for s in range(60)
+    ]
+    assert not detect("\n".join(lines)).degenerate
+
+
+def test_short_legitimate_repetition_is_clean():
+    assert not detect("No, no, no, no! I said it very very very clearly.").degenerate
+    assert not detect("x = 0\n" * 5).degenerate
+
+
+def test_licence_boilerplate_is_clean():
+    mit = (
+        "Permission is hereby granted, free of charge, to any person obtaining a copy of "
+        'this software. THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND.\n\n'
+    )
+    assert not detect("Copyright (c) 2020 A\n" + mit + "Copyright (c) 2021 B\n" + mit).degenerate
+
+
+# --- config ----------------------------------------------------------------------------
+
+
+def test_config_documents_every_field():
+    for name, field in DetectorConfig.model_fields.items():
+        assert field.description and len(field.description) > 20, name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fix"),
+    [
+        ({"min_repeats": 1}, "set 2 or more"),
+        ({"min_loop_chars": 0}, "positive"),
+        ({"max_recovery_share": 2}, "between 0 and 1"),
+        ({"watch_window_tokens": 100}, "raise it to"),
+        ({"min_repeat": 3}, "Extra inputs"),
+    ],
+)
+def test_bad_config_is_rejected_with_the_fix(kwargs, fix):
+    with pytest.raises(ValidationError, match=fix):
+        DetectorConfig(**kwargs)
+
+
+def test_config_is_frozen_and_thresholds_matter():
+    with pytest.raises(ValidationError):
+        DEFAULT_CONFIG.min_repeats = 5
+    text = "Intro. " + "A somewhat longer unit of text. " * 6
+    assert detect(text).degenerate
+    strict = DetectorConfig(min_repeats=7, watch_window_chars=20_000)
+    assert not detect(text, config=strict).degenerate
+    counted = "".join(f"{i}. Violin\n" for i in range(1, 40))
+    assert detect(counted).degenerate
+    assert not detect(counted, config=DetectorConfig(counters=False)).degenerate
