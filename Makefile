@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench
+.PHONY: install services demo test lint
 
 $(BIN)/loopd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,12 @@ install: $(BIN)/loopd
 demo: install
 	$(BIN)/loopd demo --report state/demo-report.json
 
-test: install
+# Services the tests run for real: a Prometheus server scrapes the daemon's /metrics.
+services:
+	@command -v prometheus >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+test: install services
 	$(BIN)/python -m pytest
 
 lint: install

@@ -56,3 +56,29 @@ def test_a_failed_round_leaves_the_deployed_adapter_serving(config: LoopdConfig)
         loop.deployer.live() is None and loop.store.count_fresh_pairs() > 0
     )  # pairs kept for a retry
     assert loop.registry.versions_on_disk() == [] and not list(loop.registry.root.iterdir())
+
+
+def test_the_gate_rejects_an_adapter_that_cures_loops_by_truncating(config: LoopdConfig) -> None:
+    """Chosen = the output cut before its loop teaches "stop early": fewer loops, even a
+    lower CER than the looping base, and still a regression the gate must refuse."""
+    cfg = config.model_copy(
+        update={
+            "pairing": config.pairing.model_copy(
+                update={"chosen_order": ["truncate"], "min_truncated_chars": 1}
+            ),
+            "sampling": config.sampling.model_copy(update={"prompts_per_round": 160}),
+            "training": config.training.model_copy(update={"epochs": 4, "learning_rate": 3e-3}),
+        }
+    )
+    inputs = resolve_inputs(cfg)
+    loop = Loop(
+        cfg, inputs, backend=LocalBackend(inputs.base_model, threads=1), store=Store(cfg.db_path)
+    )
+    loop.sample_round()
+    report = loop.training_round()
+    candidate, live = report.decision.candidate, report.decision.live
+    assert candidate.degeneration_rate < live.degeneration_rate / 2  # loops "fixed"
+    assert candidate.cer < live.cer  # CER alone would have promoted it
+    assert report.status == "rejected" and "answers shortened" in report.decision.reason
+    assert loop.deployer.live() is None  # the base model still serves
+    assert loop.deployer.serving_name(report.candidate) not in loop.backend.adapters()

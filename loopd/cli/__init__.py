@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from loopd.cli import config, demo, detect, run, status
 
@@ -23,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # transformers deprecations raised inside PEFT are noise to an operator, not news
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     args = build_parser().parse_args(argv)
     return args.func(args)
 
