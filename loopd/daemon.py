@@ -88,6 +88,7 @@ class Daemon:
     def start(self) -> None:
         restored = self.loop.deployer.restore()
         removed = self.loop.registry.clean_staging()
+        self.loop.store.interrupt_running_rounds()
         log.info(
             "daemon starting",
             extra={"live_version": restored and restored.version, "staging_removed": removed},
@@ -106,6 +107,7 @@ class Daemon:
         if self.stopped.is_set():
             return
         self.stopped.set()
+        self.loop.cancel.set()
         log.info("daemon stopping")
         self.scheduler.shutdown(wait=True)
         if self.http is not None:

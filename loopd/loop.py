@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -111,7 +112,7 @@ class Loop:
         self.clock = clock
         self.registry = AdapterRegistry(cfg.adapters_dir)
         self.deployer = Deployer(backend, store, prefix=cfg.deploy.adapter_prefix)
-        self._rounds_sampled = 0
+        self.cancel = threading.Event()  # set on shutdown: a running round is stopped
 
     def detect(self, completion: Completion) -> Detection:
         return detector.detect(
@@ -124,8 +125,7 @@ class Loop:
     # -- sample → detect → store → pair ------------------------------------------
 
     def sample_round(self) -> SampleReport:
-        seed = self.cfg.sampling.seed + self._rounds_sampled
-        self._rounds_sampled += 1
+        seed = self.cfg.sampling.seed + self.store.counts()["samples"]  # advances across restarts
         prompts = draw(
             self.inputs.train_prompts, self.cfg.sampling.prompts_per_round, random.Random(seed)
         )
@@ -192,7 +192,7 @@ class Loop:
         replay_count = round(len(fresh) * self.cfg.training.replay_fraction)
         replay = self.store.replay_pairs(replay_count, seed=self.cfg.training.seed + len(fresh))
         live = self.deployer.live()
-        round_id = self.store.start_round(parent_version=live and live.version)
+        round_id = self.store.start_round(parent_version=_version_of(live))
         version = self._next_version()
         staging = self.registry.staging_dir(version)
         log.info(
@@ -202,10 +202,11 @@ class Loop:
             result = run_round(
                 fresh + replay,
                 base_model=self.inputs.base_model,
-                init_adapter=live and live.path,
+                init_adapter=None if live is None else live.path,
                 out_dir=staging,
                 cfg=self.cfg.training,
                 on_progress=on_progress,
+                cancel=self.cancel,
             )
         except TrainingFailed as error:
             shutil.rmtree(staging, ignore_errors=True)
@@ -230,7 +231,7 @@ class Loop:
         candidate = self.registry.publish(
             staging,
             version=version,
-            parent=live and live.version,
+            parent=_version_of(live),
             round_id=round_id,
             details=details,
         )
@@ -313,3 +314,7 @@ class Loop:
                 "final_loss": result.final_loss,
             }
         return fields
+
+
+def _version_of(adapter: AdapterVersion | None) -> int | None:
+    return None if adapter is None else adapter.version

@@ -220,6 +220,17 @@ class Store:
             round_id, {"status": status, "finished_at": self._clock(), **fields}
         )
 
+    def interrupt_running_rounds(self) -> int:
+        """Rounds left 'running' by a crash are over; say so instead of lying forever."""
+        where = "status = 'running'"
+        count = self.db["rounds"].count_where(where)
+        with self._transaction():
+            self.db.execute(
+                f"UPDATE rounds SET status = 'interrupted', finished_at = ? WHERE {where}",
+                [self._clock()],
+            )
+        return count
+
     def rounds(self, limit: int = 20) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM rounds ORDER BY id DESC LIMIT ?", [limit]))
 

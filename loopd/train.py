@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 ProgressHook = Callable[[int, int, float | None], None]
 TRAINER_MODULE = "loopd.backends.trl_dpo"
+POLL_SECONDS = 0.5
 
 
 class TrainingFailed(RuntimeError):
@@ -43,8 +45,13 @@ def run_round(
     out_dir: Path,
     cfg: TrainingConfig,
     on_progress: ProgressHook | None = None,
+    cancel: threading.Event | None = None,
 ) -> TrainResult:
-    """Train ``pairs`` into ``out_dir`` in a child process bounded by ``cfg.timeout_seconds``."""
+    """Train ``pairs`` into ``out_dir`` in a child process bounded by ``cfg.timeout_seconds``.
+
+    Setting ``cancel`` (the daemon does on SIGTERM) kills the child within a second, so a
+    shutdown never waits out a long round.
+    """
     with tempfile.TemporaryDirectory(prefix="loopd-train-") as scratch:
         job = {
             "base_model": str(base_model),
@@ -57,7 +64,7 @@ def run_round(
         job_path = Path(scratch) / "job.json"
         job_path.write_text(json.dumps(job))
         stderr_path = Path(scratch) / "stderr.log"
-        _run_child(job_path, stderr_path, cfg.timeout_seconds, on_progress)
+        _run_child(job_path, stderr_path, cfg.timeout_seconds, on_progress, cancel)
         result = json.loads(Path(job["result_path"]).read_text())
     return TrainResult(adapter_dir=out_dir, **result)
 
@@ -67,7 +74,11 @@ def _pair_record(pair: Pair) -> dict[str, Any]:
 
 
 def _run_child(
-    job_path: Path, stderr_path: Path, timeout: float, on_progress: ProgressHook | None
+    job_path: Path,
+    stderr_path: Path,
+    timeout: float,
+    on_progress: ProgressHook | None,
+    cancel: threading.Event | None,
 ) -> None:
     command = [sys.executable, "-m", TRAINER_MODULE, str(job_path)]
     with stderr_path.open("w") as stderr:
@@ -77,18 +88,34 @@ def _run_child(
         reader = threading.Thread(target=_relay, args=(child.stdout, on_progress), daemon=True)
         reader.start()
         try:
-            code = child.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-            raise TrainingFailed(
-                f"training round exceeded training.timeout_seconds={timeout:g}; killed"
-            ) from None
+            code = _wait(child, timeout, cancel or threading.Event())
         finally:
             reader.join(timeout=5)
     if code != 0:
         tail = stderr_path.read_text()[-2000:]
         raise TrainingFailed(f"trainer process exited with status {code}:\n{tail}")
+
+
+def _wait(child: subprocess.Popen, timeout: float, cancel: threading.Event) -> int:
+    """The child's exit status; kill its whole process group on timeout or cancel."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return child.wait(timeout=min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            reason = _stop_reason(deadline, timeout, cancel)
+            if reason is not None:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+                raise TrainingFailed(reason) from None
+
+
+def _stop_reason(deadline: float, timeout: float, cancel: threading.Event) -> str | None:
+    if cancel.is_set():
+        return "training round interrupted by shutdown; killed"
+    if time.monotonic() >= deadline:
+        return f"training round exceeded training.timeout_seconds={timeout:g}; killed"
+    return None
 
 
 def _relay(stream: IO[str], on_progress: ProgressHook | None) -> None:

@@ -92,3 +92,12 @@ def test_live_version_follows_deploy_and_rollback_events(store: Store) -> None:
     assert store.live_version() == 2
     store.record_event("rolled_back", version=1)
     assert store.live_version() == 1
+
+
+def test_rounds_left_running_by_a_crash_are_marked_interrupted(store: Store) -> None:
+    crashed = store.start_round(parent_version=None)
+    done = store.start_round(parent_version=None)
+    store.finish_round(done, "promoted")
+    assert store.interrupt_running_rounds() == 1
+    statuses = {r["id"]: r["status"] for r in store.rounds()}
+    assert statuses == {crashed: "interrupted", done: "promoted"}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,19 @@ def test_a_hung_trainer_is_killed_at_the_timeout(base_model, embedded_dir, tmp_p
             out_dir=tmp_path / "o",
             cfg=cfg,
         )
+
+
+def test_a_cancelled_round_is_killed_promptly(base_model, embedded_dir, tmp_path) -> None:
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(TrainingFailed, match="interrupted by shutdown"):
+        run_round(
+            pairs_from(embedded_dir, 2),
+            base_model=base_model,
+            init_adapter=None,
+            out_dir=tmp_path / "o",
+            cfg=FAST,
+            cancel=cancel,
+        )
+    assert time.monotonic() - started < 10
