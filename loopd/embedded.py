@@ -25,7 +25,7 @@ import logging
 import random
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -54,8 +54,12 @@ MANIFEST = "embedded.json"
 
 @dataclass(frozen=True)
 class EmbeddedSpec:
-    """What to build; the defaults are the embedded default loopd ships."""
+    """What to build; the defaults are the embedded default loopd ships.
 
+    Any change here (``format`` included) makes ``ensure_embedded`` rebuild a cached copy.
+    """
+
+    format: int = 2  # bump when the build changes in a way the fields below do not show
     seed: int = 0
     hidden_size: int = 64
     layers: int = 3
@@ -115,7 +119,10 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         vocab[f"▁{marker}"] = len(vocab)
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    # "never": a decoded continuation keeps its leading space, also when a streaming
+    # detokenizer (vLLM's) decodes generated tokens without the prompt before them, so
+    # prompt + completion text re-tokenizes to the ids that were served.
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
     bos = SPECIALS.index("<bos>")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos)]
@@ -217,7 +224,8 @@ def ensure_embedded(
     The folder is written beside its final place and renamed in one step, so an
     interrupted build never leaves a half-written model that a later run would trust.
     """
-    if (directory / MANIFEST).exists():
+    manifest = directory / MANIFEST
+    if manifest.exists() and json.loads(manifest.read_text()) == asdict(spec):
         return directory
     log.info("building embedded model", extra={"path": str(directory), "steps": spec.steps})
     staging = directory.with_name(directory.name + ".partial")
@@ -234,7 +242,7 @@ def ensure_embedded(
         staging / HELDOUT_FILE,
         make_prompts(spec.heldout_prompts, seed=spec.seed + 3, prefix="heldout"),
     )
-    (staging / MANIFEST).write_text(json.dumps(spec.__dict__, indent=2))
+    (staging / MANIFEST).write_text(json.dumps(asdict(spec), indent=2))
     shutil.rmtree(directory, ignore_errors=True)
     staging.rename(directory)
     return directory

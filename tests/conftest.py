@@ -22,9 +22,12 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 @pytest.fixture(scope="session")
-def embedded_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def embedded_dir(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped embedded build, kept in pytest's cache: built once per machine."""
     torch.set_num_threads(1)
-    return ensure_embedded(tmp_path_factory.mktemp("embedded") / "embedded")
+    cache = getattr(pytestconfig, "cache", None)  # absent under -p no:cacheprovider
+    root = cache.mkdir("loopd-embedded") if cache else tmp_path_factory.mktemp("embedded")
+    return ensure_embedded(Path(root) / "embedded")
 
 
 @pytest.fixture(scope="session")
