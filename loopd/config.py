@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from loopd.backends.vllm_config import VllmConfig
 from loopd.detect import DetectorConfig
 
 ChosenSource = Literal["reference", "resample", "truncate"]
@@ -37,10 +38,13 @@ class ModelConfig(Section):
 
 
 class ServingConfig(Section):
-    backend: Literal["local"] = Field(
+    backend: Literal["local", "vllm"] = Field(
         "local",
         description="Serving backend. 'local' runs transformers+PEFT in this process "
-        "(the CPU default).",
+        "(the CPU default); 'vllm' talks to vLLM servers over HTTP ([serving.vllm]).",
+    )
+    vllm: VllmConfig = Field(
+        default_factory=VllmConfig, description="The vLLM servers, used when backend='vllm'."
     )
     max_tokens: int = Field(48, gt=0, description="Token limit for every generation.")
     batch_size: int = Field(32, gt=0, description="Prompts per forward batch (local).")

@@ -38,11 +38,17 @@ log = logging.getLogger(__name__)
 
 
 class Daemon:
-    def __init__(self, loop: Loop, *, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        loop: Loop,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.loop = loop
         self.cfg = loop.cfg
         self.clock = clock
-        self.metrics = Metrics(loop.store)
+        self.metrics = metrics or Metrics(loop.store)
         self.scheduler = BackgroundScheduler(job_defaults={"max_instances": 1, "coalesce": True})
         self.stopped = threading.Event()
         self.http: ThreadingHTTPServer | None = None

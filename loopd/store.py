@@ -85,6 +85,12 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["events"].create_index(["kind"])
 
 
+@migrations()
+def m002_token_logprobs(db: sqlite_utils.Database) -> None:
+    """Keep the chosen tokens' logprobs that vLLM returns (JSON list, or NULL)."""
+    db["samples"].add_column("token_logprobs", str)
+
+
 class SchemaTooNewError(RuntimeError):
     """The database was written by a newer loopd; reading it could lose data."""
 
@@ -304,6 +310,8 @@ def _sample_row(completion: Completion, detection: Detection, now: float) -> dic
         json.dumps(list(completion.token_ids)) if completion.token_ids is not None else None
     )
     row["stop_reason"] = None if completion.stop_reason is None else str(completion.stop_reason)
+    if completion.token_logprobs is not None:
+        row["token_logprobs"] = json.dumps(list(completion.token_logprobs))
     row["degenerate"] = int(detection.degenerate)
     return row | {"created_at": now, "paired": 0}
 
@@ -320,17 +328,17 @@ def _prompt_from_row(row: dict[str, Any]) -> Prompt:
 
 
 def _sample_from_row(row: dict[str, Any]) -> Sample:
-    token_ids = json.loads(row["token_ids"]) if row["token_ids"] else None
     completion = Completion(
         prompt_id=row["prompt_id"],
         text=row["text"],
         finish_reason=row["finish_reason"],
-        token_ids=tuple(token_ids) if token_ids is not None else None,
+        token_ids=_tuple_or_none(row["token_ids"]),
         stop_reason=row["stop_reason"],
         adapter=row["adapter"],
         temperature=row["temperature"],
         seed=row["seed"],
         latency_s=row["latency_s"],
+        token_logprobs=_tuple_or_none(row["token_logprobs"]),
     )
     detection = Detection(
         degenerate=bool(row["degenerate"]),
@@ -376,3 +384,7 @@ def _version_from_row(row: dict[str, Any]) -> AdapterVersion:
         created_at=row["created_at"],
         round_id=row["round_id"],
     )
+
+
+def _tuple_or_none(encoded: str | None) -> tuple | None:
+    return None if encoded is None else tuple(json.loads(encoded))

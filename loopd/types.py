@@ -54,6 +54,7 @@ class Completion:
     temperature: float = 0.0
     seed: int | None = None
     latency_s: float = 0.0
+    token_logprobs: tuple[float, ...] | None = None  # of each chosen token, when asked for
 
 
 @dataclass(frozen=True)

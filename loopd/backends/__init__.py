@@ -6,12 +6,18 @@ in-process engine (the CPU default) and a vLLM server over HTTP are interchangea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from loopd.config import ServingConfig
 from loopd.types import Completion, GenerationRequest
+
+if TYPE_CHECKING:  # config composes backend sections, so import it lazily here
+    from prometheus_client import CollectorRegistry
+
+    from loopd.config import ServingConfig
+
+EventSink = Callable[[str, dict[str, Any]], None]
 
 
 class AdapterLoadError(RuntimeError):
@@ -39,10 +45,22 @@ class ServingBackend(Protocol):
     def close(self) -> None: ...
 
 
-def open_backend(cfg: ServingConfig, base_model: Path) -> ServingBackend:
-    """The serving backend the config names, connected and ready."""
-    if cfg.backend == "local":
-        from loopd.backends.local import LocalBackend
+def open_backend(
+    cfg: ServingConfig,
+    base_model: Path,
+    *,
+    on_event: EventSink | None = None,
+    registry: CollectorRegistry | None = None,
+) -> ServingBackend:
+    """The serving backend the config names, ready to serve.
 
-        return LocalBackend(base_model, batch_size=cfg.batch_size, threads=cfg.threads)
-    raise ValueError(f"serving.backend={cfg.backend!r} is not known")
+    ``on_event`` receives the backend's own events (restarts seen, adapters reloaded,
+    breaker state) for the store; ``registry`` takes its metrics.
+    """
+    if cfg.backend == "vllm":
+        from loopd.backends.vllm import VllmBackend
+
+        return VllmBackend(cfg.vllm, on_event=on_event, registry=registry)
+    from loopd.backends.local import LocalBackend
+
+    return LocalBackend(base_model, batch_size=cfg.batch_size, threads=cfg.threads)

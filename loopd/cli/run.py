@@ -12,6 +12,7 @@ from loopd.cli.progress import progress_bar
 from loopd.config import ConfigError, load_config
 from loopd.daemon import Daemon
 from loopd.loop import Loop, resolve_inputs
+from loopd.metrics import Metrics
 from loopd.store import Store
 
 log = logging.getLogger("loopd.cli")
@@ -34,8 +35,13 @@ def run(args: argparse.Namespace) -> int:
     update, close = progress_bar("building the embedded model")
     inputs = resolve_inputs(cfg, update)
     close()
-    loop = Loop(
-        cfg, inputs, backend=open_backend(cfg.serving, inputs.base_model), store=Store(cfg.db_path)
+    store = Store(cfg.db_path)
+    metrics = Metrics(store)
+    backend = open_backend(
+        cfg.serving,
+        inputs.base_model,
+        on_event=lambda kind, payload: store.record_event(kind, **payload),
+        registry=metrics.registry,
     )
-    Daemon(loop).run_forever()
+    Daemon(Loop(cfg, inputs, backend=backend, store=store), metrics=metrics).run_forever()
     return 0

@@ -1,0 +1,127 @@
+"""One real vLLM server (CPU build) for the whole test session, on the tiny local model.
+
+The server runs from the separate ``.venv-vllm`` (``.ci/install-vllm.sh``; path from
+``$LOOPD_VLLM_PYTHON``). A missing venv FAILS the tests instead of skipping them: a
+skipped integration suite looks green while testing nothing.
+
+The model is the shipped embedded model (the root conftest builds it once per machine
+into pytest's cache), so the loop itself can run over vLLM as it would in production.
+Adapters are PEFT LoRAs whose ``lora_B`` is seeded random non-zero, so each version's
+greedy output differs from the base's and from the other versions' - which is what lets
+a test attribute a response to one version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from loopd.backends.vllm import VllmBackend, VllmConfig
+from loopd.backends.vllm_server import INSTALL_HINT, VllmServer, vllm_python
+
+SERVED_NAME = "tiny"
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# A chat template for the tiny model (it has none), so the chat endpoint is tested too.
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "vllm: needs a real vLLM server (.ci/install-vllm.sh)")
+    config.addinivalue_line("markers", "kills_server: kills the shared vLLM server; runs last")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that kill and restart the shared server go last, so nothing else sees it."""
+    items.sort(key=lambda item: item.get_closest_marker("kills_server") is not None)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(base_model: Path) -> Path:
+    """The real embedded model (it loops), so a whole loop can run over vLLM too."""
+    return base_model
+
+
+@pytest.fixture(scope="session")
+def vllm_interpreter() -> Path:
+    """Checked before anything slow runs: no venv is a failure, never a skip."""
+    python = vllm_python()
+    if not python.exists():
+        pytest.fail(f"vLLM venv missing: no {python}; {INSTALL_HINT}", pytrace=False)
+    return python
+
+
+@pytest.fixture(scope="session")
+def vllm_server(
+    vllm_interpreter: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VllmServer]:
+    folder = tmp_path_factory.mktemp("vllm-server")
+    template = folder / "chat.jinja"
+    template.write_text(CHAT_TEMPLATE)
+    server = VllmServer(
+        tiny_model,
+        python=vllm_interpreter,
+        served_name=SERVED_NAME,
+        log_path=folder / "vllm.log",
+        extra_args=("--chat-template", str(template)),
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def make_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``make_adapter(seed, rank=8) -> folder``: a saved LoRA with random non-zero lora_B."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("adapters")
+    models: dict[int, torch.nn.Module] = {}
+
+    def make(seed: int, rank: int = 8) -> Path:
+        folder = root / f"r{rank}-s{seed}"
+        if folder.exists():
+            return folder
+        if rank not in models:
+            base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+            config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS)
+            models[rank] = get_peft_model(base, config)
+        model = models[rank]
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+        model.save_pretrained(folder)
+        return folder
+
+    return make
+
+
+@pytest.fixture
+def vllm_config(vllm_server: VllmServer) -> VllmConfig:
+    """Fast-failing settings so error paths cost seconds, not minutes."""
+    return VllmConfig(
+        endpoints=[vllm_server.url],
+        max_retries=3,
+        backoff_initial_s=0.1,
+        backoff_max_s=1.0,
+        breaker_reset_s=1.0,
+        drain_quiet_s=0.2,
+        drain_timeout_s=10.0,
+        monitor_interval_s=0,
+    )
+
+
+@pytest.fixture
+def backend(vllm_config: VllmConfig) -> Iterator[VllmBackend]:
+    """A backend that unloads what it loaded, so tests do not leak adapters to each other."""
+    with VllmBackend(vllm_config, base_model_name=SERVED_NAME) as backend:
+        yield backend
+        for name in backend.adapters():
+            backend.unload_adapter(name)
