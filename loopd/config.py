@@ -205,6 +205,15 @@ class LoopdConfig(Section):
     deploy: DeployConfig = DeployConfig()
     daemon: DaemonConfig = DaemonConfig()
 
+    @model_validator(mode="after")
+    def _vllm_needs_base_weights(self) -> LoopdConfig:
+        if self.serving.backend == "vllm" and self.model.base is None:
+            raise ValueError(
+                "model.base: set it to a local folder with the weights vLLM serves; "
+                "training needs them, and the embedded model is not what vLLM serves"
+            )
+        return self
+
     @property
     def db_path(self) -> Path:
         return self.state_dir / "loopd.db"

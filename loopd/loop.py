@@ -211,6 +211,8 @@ class Loop:
         except TrainingFailed as error:
             shutil.rmtree(staging, ignore_errors=True)
             return self._failed(round_id, "failed", error, len(fresh), len(replay))
+        if result.metrics.get("misaligned_pairs"):
+            log.warning("pairs misaligned with their prompt", extra=result.metrics)
         self.store.mark_trained([p.id for p in fresh], round_id)
         candidate = self._publish(staging, version, live, round_id, result)
         return self._gate_and_deploy(round_id, candidate, live, result, len(fresh), len(replay))

@@ -12,7 +12,10 @@ from loopd.config import ConfigError, LoopdConfig, load_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.*")), ids=lambda p: p.name)
+SHIPPED = sorted([*(REPO / "configs").glob("*.toml"), *(REPO / "deploy").glob("*.toml")])
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_config_loads(path: Path) -> None:
     config = load_config(path)
     assert config.state_dir.is_absolute()
@@ -69,3 +72,10 @@ def test_absolute_paths_are_kept(tmp_path: Path) -> None:
     path.write_text(f'state_dir = "{tmp_path / "abs"}"\n[model]\nbase = "/models/m"\n')
     config = load_config(path)
     assert (config.state_dir, config.model.base) == (tmp_path / "abs", Path("/models/m"))
+
+
+def test_vllm_serving_needs_the_local_weights_for_training(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[serving]\nbackend = "vllm"\n')
+    with pytest.raises(ConfigError, match=r"model\.base"):
+        load_config(path)

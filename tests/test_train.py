@@ -48,6 +48,7 @@ def test_a_round_trains_a_new_adapter(base_model: Path, embedded_dir: Path, tmp_
     lora_b = [w for name, w in weights.items() if "lora_B" in name]
     assert lora_b and any(w.abs().sum() > 0 for w in lora_b)  # B starts at zero: it moved
     assert (result.pairs_used, result.steps, result.dropped_overlong) == (8, 2, 0)
+    assert result.metrics == {"misaligned_pairs": 0}
     assert steps and max(steps) == 2
 
 
@@ -115,3 +116,13 @@ def test_a_cancelled_round_is_killed_promptly(base_model, embedded_dir, tmp_path
             cancel=cancel,
         )
     assert time.monotonic() - started < 10
+
+
+def test_answers_glued_onto_the_prompt_are_counted(base_model, embedded_dir, tmp_path) -> None:
+    glued = [
+        Pair(**{**p.__dict__, "chosen": p.chosen.lstrip()}) for p in pairs_from(embedded_dir, 4)
+    ]
+    result = run_round(
+        glued, base_model=base_model, init_adapter=None, out_dir=tmp_path / "o", cfg=FAST
+    )
+    assert result.metrics == {"misaligned_pairs": 4}

@@ -57,6 +57,24 @@ def split_by_length(
     return kept, len(pairs) - len(kept)
 
 
+def count_misaligned(pairs: list[dict[str, str]], tokenizer) -> int:
+    """Pairs whose answer does not start on a token boundary after the prompt.
+
+    TRL tokenizes prompt + answer as one string. If the answer lacks the whitespace the
+    model emitted after the prompt, the two glue into tokens never served and the round
+    trains on noise; counting them makes that visible instead of silent.
+    """
+    misaligned = 0
+    for pair in pairs:
+        prompt_ids = tokenizer(pair["prompt"])["input_ids"]
+        for side in ("chosen", "rejected"):
+            ids = tokenizer(pair["prompt"] + pair[side])["input_ids"]
+            if ids[: len(prompt_ids)] != prompt_ids:
+                misaligned += 1
+                break
+    return misaligned
+
+
 def _example(record: dict[str, Any], tokenizer) -> dict[str, str]:
     fields = record["prompt"]
     messages = fields["messages"]
@@ -118,6 +136,7 @@ def train(job: dict[str, Any]) -> dict[str, Any]:
         "steps": output.global_step,
         "seconds": seconds,
         "final_loss": output.training_loss,
+        "metrics": {"misaligned_pairs": count_misaligned(pairs, tokenizer)},
     }
 
 
