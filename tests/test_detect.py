@@ -115,6 +115,17 @@ def test_counter_list_is_a_loop():
     assert text[det.loop_start :].startswith("Violin") or text[det.loop_start :].startswith("3.")
 
 
+def test_counter_list_with_a_second_number_is_a_loop():
+    """Real SmolLM2 output: a second number closing the line counts on too."""
+    head = "Here are 50 kinds of tuna:\n\n1. Albacore\n2. Skipjack\n"
+    text = head + "".join(f"{i}. Bluefin-{i + 21}\n" for i in range(3, 30))
+    det = detect(text + "\nYou can find these fish in the list above.")
+    assert det.degenerate and det.rule == "counter_cycle"
+    assert text[det.loop_start :].startswith(("3.", "Bluefin"))
+    text = "".join(f"{i}. Branagh-style-baked-with-salt: {i + 27}\n" for i in range(1, 12))
+    assert detect(text).rule == "counter_cycle"
+
+
 def test_jittered_repeats_are_a_near_cycle():
     unit = ["The cat sat on the mat. ", "the cat sat on the mat, ", "The  cat sat on the mat! "]
     order = [0, 1, 1, 2, 0, 2, 2, 1, 0, 0, 1, 2, 1, 0, 2, 0, 1, 2, 2, 0]  # no exact cycle
@@ -185,6 +196,15 @@ def test_numbered_list_of_different_items_is_clean():
     items = "apple banana cherry damson elderberry fig grape honeydew kiwi lemon mango".split()
     assert not detect("".join(f"{i}. {w}\n" for i, w in enumerate(items * 3, 1))[:-60]).degenerate
     assert not detect("".join(f"{i}. {w}\n" for i, w in enumerate(items, 1))).degenerate
+
+
+def test_lines_ending_in_numbers_with_different_items_are_clean():
+    items = "apple banana cherry damson elderberry fig grape honeydew kiwi lemon mango".split()
+    assert not detect(
+        "".join(f"{i}. {w}: {7 * i % 40}\n" for i, w in enumerate(items, 1))
+    ).degenerate
+    lines = [f"2024-05-01 12:00:{s:02d},123 INFO queue depth: {s * 7 % 50}" for s in range(60)]
+    assert not detect("\n".join(lines)).degenerate
 
 
 def test_log_with_repeated_messages_is_clean():
