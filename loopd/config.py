@@ -271,7 +271,7 @@ def _describe(error: dict[str, Any]) -> str:
 
 def _anchor_paths(config: LoopdConfig, base: Path) -> LoopdConfig:
     def anchor(path: Path | None) -> Path | None:
-        return path if path is None or path.is_absolute() else base / path
+        return path if path is None or path.is_absolute() else (base / path).resolve()
 
     return config.model_copy(
         update={

@@ -172,7 +172,25 @@ def train_base_model(
     tokenizer: PreTrainedTokenizerFast,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> LlamaForCausalLM:
-    """Plain next-token training on the faulty distribution, seeded end to end."""
+    """Plain next-token training on the faulty distribution, seeded end to end.
+
+    One thread: a model this small trains fastest on one (more only adds sync overhead),
+    and a fixed thread count keeps the float reductions, so the weights, the same on
+    every machine.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(spec, tokenizer, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    spec: EmbeddedSpec,
+    tokenizer: PreTrainedTokenizerFast,
+    progress: Callable[[int, int, float], None] | None,
+) -> LlamaForCausalLM:
     torch.manual_seed(spec.seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),

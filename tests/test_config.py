@@ -53,7 +53,7 @@ def test_relative_paths_are_anchored_at_the_config_file(tmp_path: Path) -> None:
     path.write_text('state_dir = "st"\n[gate]\nheldout = "../h.jsonl"\n')
     config = load_config(path)
     assert config.state_dir == tmp_path / "sub" / "st"
-    assert config.gate.heldout == tmp_path / "sub" / ".." / "h.jsonl"
+    assert config.gate.heldout == tmp_path / "h.jsonl"
 
 
 def test_config_check_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,10 +23,29 @@ def request(adapter: str) -> GenerationRequest:
     return GenerationRequest(DOC, max_tokens=8, adapter=adapter)
 
 
+def distinct_adapters(backend: VllmBackend, make_adapter, count: int) -> list:
+    """Seeded adapters whose answers differ from each other's and are not empty.
+
+    Random LoRA noise now and then makes two versions answer alike (often with an
+    immediate end of text); such a pair could not prove which version answered.
+    """
+    folders, answers = [], set()
+    seed = 100
+    while len(folders) < count:
+        folder, name, seed = make_adapter(seed), f"pick-{seed}", seed + 1
+        backend.load_adapter(name, folder)  # a new name each: no stale prefix-cache hits
+        [[answer]] = backend.generate([request(name)])
+        backend.unload_adapter(name)
+        if answer.text.strip() and answer.text not in answers:
+            folders.append(folder)
+            answers.add(answer.text)
+    return folders
+
+
 def test_twenty_swaps_under_load_fail_no_request(vllm_config: VllmConfig, make_adapter):
     registry = CollectorRegistry()
-    folders = [make_adapter(100 + k) for k in range(SWAPS + 1)]
     backend = VllmBackend(vllm_config, base_model_name=SERVED_NAME, registry=registry)
+    folders = distinct_adapters(backend, make_adapter, SWAPS + 1)
     expected: dict[str, str] = {}
 
     def deploy(version: int) -> str:
