@@ -98,9 +98,8 @@ class LocalBackend:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         """Batch requests that share sampling settings; keep the caller's order."""
         results: list[list[Completion]] = [[] for _ in requests]
-        key = _batch_key
-        order = sorted(range(len(requests)), key=lambda i: key(requests[i]))
-        for _, group in itertools.groupby(order, key=lambda i: key(requests[i])):
+        order = sorted(range(len(requests)), key=lambda i: _batch_key(requests[i]))
+        for _, group in itertools.groupby(order, key=lambda i: _batch_key(requests[i])):
             indices = list(group)
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
