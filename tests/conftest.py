@@ -6,6 +6,7 @@ ships, built locally in about half a minute, and a real transformers+PEFT backen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -60,19 +61,30 @@ def config(tmp_path: Path, embedded_dir: Path) -> LoopdConfig:
     )
 
 
-def make_random_adapter(base: Path, out: Path, *, seed: int, rank: int = 8) -> Path:
-    """A LoRA whose B matrices are seeded noise, so its outputs differ from the base."""
-    torch.manual_seed(seed)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=rank, target_modules=TARGETS)
-    )
-    for name, parameter in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.5)
-    model.save_pretrained(out)
-    return out
+@pytest.fixture(scope="session")
+def make_adapter(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``make_adapter(seed, rank=8) -> folder``: a saved LoRA with seeded random lora_B.
 
+    A fresh LoRA's B matrices are zero (it equals the base); noise makes each seed's
+    outputs differ from the base's and from each other's, so a test can tell who answered.
+    """
+    root = tmp_path_factory.mktemp("adapters")
+    models: dict[int, torch.nn.Module] = {}
 
-@pytest.fixture
-def random_adapter(base_model: Path, tmp_path: Path):
-    return lambda seed, name="adapter": make_random_adapter(base_model, tmp_path / name, seed=seed)
+    def make(seed: int, rank: int = 8) -> Path:
+        folder = root / f"r{rank}-s{seed}"
+        if folder.exists():
+            return folder
+        if rank not in models:
+            base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+            config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS)
+            models[rank] = get_peft_model(base, config)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, parameter in models[rank].named_parameters():
+                if "lora_B" in name:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+        models[rank].save_pretrained(folder)
+        return folder
+
+    return make

@@ -42,10 +42,10 @@ def test_sampling_returns_n_seeded_completions(backend: LocalBackend, embedded_d
 
 
 def test_adapter_matches_a_direct_peft_load(
-    backend, base_model, embedded_dir, random_adapter
+    backend, base_model, embedded_dir, make_adapter
 ) -> None:
     prompts = heldout(embedded_dir, 3)
-    path = random_adapter(seed=1)
+    path = make_adapter(1)
     backend.load_adapter("a1", path)
     served = backend.generate([GenerationRequest(prompts[0], max_tokens=8, adapter="a1")])[0][0]
     tokenizer = AutoTokenizer.from_pretrained(base_model)
@@ -57,11 +57,11 @@ def test_adapter_matches_a_direct_peft_load(
     assert list(served.token_ids) == new[: len(served.token_ids)]
 
 
-def test_swap_switch_and_unload_while_running(backend, embedded_dir, random_adapter) -> None:
+def test_swap_switch_and_unload_while_running(backend, embedded_dir, make_adapter) -> None:
     prompts = heldout(embedded_dir)
     base = greedy(backend, prompts)
-    backend.load_adapter("a1", random_adapter(seed=1, name="a1"))
-    backend.load_adapter("a2", random_adapter(seed=2, name="a2"))
+    backend.load_adapter("a1", make_adapter(1))
+    backend.load_adapter("a2", make_adapter(2))
     assert backend.adapters() == ["a1", "a2"]
     one, two = greedy(backend, prompts, "a1"), greedy(backend, prompts, "a2")
     assert one != base and two != one
@@ -73,10 +73,10 @@ def test_swap_switch_and_unload_while_running(backend, embedded_dir, random_adap
 
 
 def test_a_bad_adapter_leaves_the_serving_one_in_place(
-    backend, embedded_dir, random_adapter, tmp_path
+    backend, embedded_dir, make_adapter, tmp_path
 ) -> None:
     prompts = heldout(embedded_dir)
-    backend.load_adapter("good", random_adapter(seed=3))
+    backend.load_adapter("good", make_adapter(3))
     before = greedy(backend, prompts, "good")
     with pytest.raises(AdapterLoadError, match="cannot load adapter 'bad'"):
         backend.load_adapter("bad", tmp_path / "missing")

@@ -53,9 +53,9 @@ def test_a_round_trains_a_new_adapter(base_model: Path, embedded_dir: Path, tmp_
 
 
 def test_continuing_from_an_adapter_changes_it(
-    base_model, embedded_dir, random_adapter, tmp_path
+    base_model, embedded_dir, make_adapter, tmp_path
 ) -> None:
-    start = random_adapter(seed=5)
+    start = make_adapter(5)
     cfg = FAST.model_copy(update={"reference_policy": "base"})
     run_round(
         pairs_from(embedded_dir),

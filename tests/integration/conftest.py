@@ -6,24 +6,22 @@ skipped integration suite looks green while testing nothing.
 
 The model is the shipped embedded model (the root conftest builds it once per machine
 into pytest's cache), so the loop itself can run over vLLM as it would in production.
-Adapters are PEFT LoRAs whose ``lora_B`` is seeded random non-zero, so each version's
-greedy output differs from the base's and from the other versions' - which is what lets
-a test attribute a response to one version.
+Adapters come from the root conftest's ``make_adapter``: PEFT LoRAs with seeded random
+non-zero ``lora_B``, so each version's greedy output differs from the base's and from the
+other versions' - which is what lets a test attribute a response to one version.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from loopd.backends.vllm import VllmBackend, VllmConfig
 from loopd.backends.vllm_server import INSTALL_HINT, VllmServer, vllm_python
 
 SERVED_NAME = "tiny"
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # A chat template for the tiny model (it has none), so the chat endpoint is tested too.
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
 
@@ -72,35 +70,6 @@ def vllm_server(
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="session")
-def make_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """``make_adapter(seed, rank=8) -> folder``: a saved LoRA with random non-zero lora_B."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    root = tmp_path_factory.mktemp("adapters")
-    models: dict[int, torch.nn.Module] = {}
-
-    def make(seed: int, rank: int = 8) -> Path:
-        folder = root / f"r{rank}-s{seed}"
-        if folder.exists():
-            return folder
-        if rank not in models:
-            base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-            config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS)
-            models[rank] = get_peft_model(base, config)
-        model = models[rank]
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if "lora_B" in name:
-                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-        model.save_pretrained(folder)
-        return folder
-
-    return make
 
 
 @pytest.fixture
