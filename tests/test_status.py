@@ -1,0 +1,41 @@
+"""``loopd status`` and ``/status`` read the database alone, live or stopped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loopd.cli import main
+from loopd.store import Store
+from loopd.types import Completion, Detection, Prompt
+
+
+def test_status_reports_live_adapter_counts_and_rounds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "loopd.toml"
+    config.write_text('state_dir = "state"\n')
+    assert main(["status", "--config", str(config)]) == 1
+    assert "no database" in capsys.readouterr().out
+
+    store = Store(tmp_path / "state" / "loopd.db")
+    prompt = Prompt(id="p", text="doc: a text:")
+    store.add_samples(
+        [
+            (prompt, Completion("p", " a a a a", "length"), Detection(True, "cycle")),
+            (prompt, Completion("p", " a", "stop"), Detection(False)),
+        ]
+    )
+    round_id = store.start_round(parent_version=None)
+    store.finish_round(round_id, "promoted", candidate_version=1, fresh_pairs=1, replay_pairs=0)
+    store.record_event("deployed", version=1, round_id=round_id)
+
+    assert main(["status", "--config", str(config)]) == 0
+    text = capsys.readouterr().out
+    assert "live adapter      v0001" in text and "2 (1 degenerate)" in text
+    assert main(["status", "--config", str(config), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["live_version"] == 1 and status["degeneration_rate_recent"] == 0.5
+    assert status["events"][0]["kind"] == "deployed"
