@@ -250,10 +250,11 @@ class Loop:
         replay: int,
     ) -> RoundReport:
         name = self.deployer.serving_name(candidate)
-        self.backend.load_adapter(name, candidate.path)
-        decision = gate(
-            self.evaluate(name), self.evaluate(self.deployer.serving_name(live)), self.cfg.gate
-        )
+        try:
+            decision = self._judge(name, candidate, live)
+        except Exception as error:  # serving refused or failed mid-evaluation
+            self._discard(name)
+            return self._failed(round_id, "eval_failed", error, fresh, replay, candidate, result)
         self.store.record_event(
             "gate",
             version=candidate.version,
@@ -278,6 +279,22 @@ class Loop:
             decision=decision.reason,
         )
         return RoundReport(round_id, status, candidate, result, decision, fresh, replay)
+
+    def _judge(
+        self, name: str, candidate: AdapterVersion, live: AdapterVersion | None
+    ) -> GateDecision:
+        """Load the candidate beside the live adapter and gate it on the held-out set."""
+        self.backend.load_adapter(name, candidate.path)
+        live_report = self.evaluate(self.deployer.serving_name(live))
+        return gate(self.evaluate(name), live_report, self.cfg.gate)
+
+    def _discard(self, name: str) -> None:
+        """Best effort: a candidate that failed evaluation must not stay loaded."""
+        if name in self.backend.adapters():
+            try:
+                self.backend.unload_adapter(name)
+            except Exception:
+                log.exception("could not unload a failed candidate", extra={"adapter": name})
 
     def _failed(
         self,

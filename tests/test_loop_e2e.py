@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from loopd.backends import AdapterLoadError
 from loopd.backends.local import LocalBackend
 from loopd.config import LoopdConfig
 from loopd.loop import Loop, resolve_inputs
@@ -82,3 +83,23 @@ def test_the_gate_rejects_an_adapter_that_cures_loops_by_truncating(config: Loop
     assert report.status == "rejected" and "answers shortened" in report.decision.reason
     assert loop.deployer.live() is None  # the base model still serves
     assert loop.deployer.serving_name(report.candidate) not in loop.backend.adapters()
+
+
+class RefusingBackend(LocalBackend):
+    """Serving that refuses every new adapter, as vLLM does one whose rank is too large."""
+
+    def load_adapter(self, name: str, path) -> None:
+        raise AdapterLoadError(f"refused {name}: rank above --max-lora-rank")
+
+
+def test_a_refused_candidate_ends_the_round_and_keeps_serving(config: LoopdConfig) -> None:
+    inputs = resolve_inputs(config)
+    backend = RefusingBackend(inputs.base_model, threads=1)
+    loop = Loop(config, inputs, backend=backend, store=Store(config.db_path))
+    loop.sample_round()
+    report = loop.training_round()
+    assert report.status == "eval_failed" and "rank above" in report.error
+    assert loop.deployer.live() is None and backend.adapters() == []
+    [round_row] = loop.store.rounds()
+    assert round_row["status"] == "eval_failed" and round_row["candidate_version"] == 1
+    assert loop.store.events()[0]["kind"] == "eval_failed"
