@@ -97,3 +97,23 @@ def test_cli_daemon_logs_json_and_stops_on_sigterm(config: LoopdConfig, tmp_path
         assert any(entry["msg"] == "daemon stopping" for entry in tail)
     finally:
         child.kill()
+
+
+def test_a_malformed_prompt_file_is_a_clear_error(config: LoopdConfig, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "x"}\n{"id": "b"}\n')
+    path = tmp_path / "loopd.toml"
+    path.write_text(
+        f'state_dir = "{config.state_dir}"\n[model]\nbase = "{config.model.base}"\n'
+        f'[sampling]\nprompts = ["{prompts}"]\n[gate]\nheldout = "{config.gate.heldout}"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "loopd", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    [entry] = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert entry["level"] == "error"
+    assert f"{prompts}:2: give exactly one of 'prompt' (text) or 'messages'" in entry["error"]

@@ -33,8 +33,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
     logs.configure(cfg.daemon.log_format)
     update, close = progress_bar("building the embedded model")
-    inputs = resolve_inputs(cfg, update)
-    close()
+    try:
+        inputs = resolve_inputs(cfg, update)
+    except (OSError, ValueError) as error:  # a missing or malformed prompt file
+        log.error("cannot read the loop's inputs", extra={"error": str(error)})
+        return 1
+    finally:
+        close()
     store = Store(cfg.db_path)
     metrics = Metrics(store)
     backend = open_backend(
