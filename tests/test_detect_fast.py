@@ -107,6 +107,23 @@ def test_windowed_token_pass_equals_the_full_search(prefix, unit, repeats_len):
     assert d._token_pass(ids, lim) == d._tail_run(d._token_string(ids), lim)
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.integers(0, 3), min_size=0, max_size=300),
+    st.lists(st.integers(0, 3), min_size=1, max_size=40),
+    st.integers(0, 300),
+    st.sampled_from([(2.0, 1, 8, 0), (2.5, 10, 40, 0), (3.0, 48, 64, 16), (4.0, 200, 64, 0)]),
+)
+def test_windowed_token_pass_equals_the_full_search_for_other_limits(
+    prefix, unit, repeats_len, limits
+):
+    """Short periods, fractional repeats and a recovery: the window still sees every run."""
+    min_repeats, min_span, max_period, max_recovery = limits
+    ids = prefix + (unit * (repeats_len // len(unit) + 1))[:repeats_len]
+    lim = d._Limits(min_repeats, min_span, max_period, max_recovery, 0.5, word_aligned=False)
+    assert d._token_pass(ids, lim) == d._tail_run(d._token_string(ids), lim)
+
+
 @pytest.mark.parametrize("period", [1, 7, 100, 511, 512, 513])
 @pytest.mark.parametrize("shift", [-30, -2, -1, 0, 1, 2, 30])
 def test_windowed_token_pass_at_the_window_edge(period, shift):
