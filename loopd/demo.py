@@ -60,12 +60,9 @@ def run_demo(
     on_round: Callable[[DemoRound], None],
     on_train_progress: ProgressHook | None = None,
 ) -> list[DemoRound]:
-    loop = Loop(
-        cfg,
-        resolve_inputs(cfg),
-        backend=open_backend(cfg.serving, cfg.model.base),
-        store=Store(cfg.db_path),
-    )
+    inputs = resolve_inputs(cfg)
+    backend = open_backend(cfg.serving, inputs.base_model)
+    loop = Loop(cfg, inputs, backend=backend, store=Store(cfg.db_path))
     results = [_row(0, "base", loop.evaluate(None), 0, 0.0, "baseline")]
     on_round(results[0])
     for number in range(1, rounds + 1):

@@ -14,9 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from loopd.store import Store
-
-RECENT_WINDOW = 500  # samples behind the live degeneration-rate gauge
+from loopd.store import RECENT_WINDOW, Store
 
 
 class StoreCollector(Collector):
@@ -47,7 +45,7 @@ class StoreCollector(Collector):
         yield _gauge(
             "loopd_degeneration_rate",
             f"Share of the last {RECENT_WINDOW} samples that degenerated.",
-            self.store.recent_degeneration_rate(RECENT_WINDOW),
+            self.store.recent_degeneration_rate(),
         )
 
 

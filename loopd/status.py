@@ -16,7 +16,7 @@ def snapshot(store: Store, *, rounds: int = 10, events: int = 20) -> dict[str, A
     return {
         "live_version": store.live_version(),
         "counts": store.counts(),
-        "degeneration_rate_recent": store.recent_degeneration_rate(500),
+        "degeneration_rate_recent": store.recent_degeneration_rate(),
         "rounds": store.rounds(rounds),
         "events": [_decoded(e) for e in store.events(events)],
     }

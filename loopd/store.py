@@ -27,6 +27,7 @@ from sqlite_utils.migrations import Migrations
 from loopd.types import AdapterVersion, Completion, Detection, Pair, Prompt, Sample
 
 migrations = Migrations("loopd")
+RECENT_WINDOW = 500  # samples behind the "recent" degeneration rate
 
 
 @migrations()
@@ -284,7 +285,8 @@ class Store:
             "adapter_versions": one("SELECT COUNT(*) AS n FROM adapter_versions"),
         }
 
-    def recent_degeneration_rate(self, window: int) -> float:
+    def recent_degeneration_rate(self, window: int = RECENT_WINDOW) -> float:
+        """Share of the last ``window`` samples that degenerated (the live loop rate)."""
         sql = (
             "SELECT AVG(degenerate) AS r FROM"
             " (SELECT degenerate FROM samples ORDER BY id DESC LIMIT ?)"

@@ -41,38 +41,31 @@ class ProgressCallback(TrainerCallback):
         emit("progress", step=state.global_step, total=state.max_steps, loss=loss)
 
 
-def split_by_length(
+def screen_pairs(
     pairs: list[dict[str, str]], tokenizer, max_length: int
-) -> tuple[list[dict[str, str]], int]:
-    """Keep pairs whose prompt and chosen answer fit; the rest are counted, not hidden.
+) -> tuple[list[dict[str, str]], int, int]:
+    """Kept pairs, how many were too long, and how many of the kept are misaligned.
 
-    An over-long rejected loop is fine to cut (TRL truncates it), but a cut chosen answer
-    would teach the model to stop early, and TRL drops over-long prompts without a word.
+    Too long: prompt + chosen answer over ``max_length``. An over-long rejected loop is
+    fine to cut (TRL truncates it), but a cut chosen answer would teach the model to stop
+    early, and TRL drops over-long prompts without a word, so they are counted here.
+
+    Misaligned: TRL tokenizes prompt + answer as one string; if the answer lacks the
+    whitespace the model emitted after the prompt, the two glue into tokens never served
+    and the round trains on noise. Counting them makes that visible instead of silent.
     """
-    kept = []
-    for pair in pairs:
-        size = len(tokenizer(pair["prompt"] + pair["chosen"])["input_ids"]) + 1
-        if size <= max_length:
-            kept.append(pair)
-    return kept, len(pairs) - len(kept)
-
-
-def count_misaligned(pairs: list[dict[str, str]], tokenizer) -> int:
-    """Pairs whose answer does not start on a token boundary after the prompt.
-
-    TRL tokenizes prompt + answer as one string. If the answer lacks the whitespace the
-    model emitted after the prompt, the two glue into tokens never served and the round
-    trains on noise; counting them makes that visible instead of silent.
-    """
-    misaligned = 0
+    kept, misaligned = [], 0
     for pair in pairs:
         prompt_ids = tokenizer(pair["prompt"])["input_ids"]
-        for side in ("chosen", "rejected"):
-            ids = tokenizer(pair["prompt"] + pair[side])["input_ids"]
-            if ids[: len(prompt_ids)] != prompt_ids:
-                misaligned += 1
-                break
-    return misaligned
+        chosen_ids = tokenizer(pair["prompt"] + pair["chosen"])["input_ids"]
+        if len(chosen_ids) + 1 > max_length:
+            continue
+        kept.append(pair)
+        rejected_ids = tokenizer(pair["prompt"] + pair["rejected"])["input_ids"]
+        cut = len(prompt_ids)
+        if chosen_ids[:cut] != prompt_ids or rejected_ids[:cut] != prompt_ids:
+            misaligned += 1
+    return kept, len(pairs) - len(kept), misaligned
 
 
 def _example(record: dict[str, Any], tokenizer) -> dict[str, str]:
@@ -112,7 +105,7 @@ def train(job: dict[str, Any]) -> dict[str, Any]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     examples = [_example(record, tokenizer) for record in job["pairs"]]
-    pairs, dropped = split_by_length(examples, tokenizer, cfg["max_length"])
+    pairs, dropped, misaligned = screen_pairs(examples, tokenizer, cfg["max_length"])
     if not pairs:
         raise ValueError(f"all {dropped} pairs exceed training.max_length={cfg['max_length']}")
     model, reference, lora = load_policy(job)
@@ -136,7 +129,7 @@ def train(job: dict[str, Any]) -> dict[str, Any]:
         "steps": output.global_step,
         "seconds": seconds,
         "final_loss": output.training_loss,
-        "metrics": {"misaligned_pairs": count_misaligned(pairs, tokenizer)},
+        "metrics": {"misaligned_pairs": misaligned},
     }
 
 
