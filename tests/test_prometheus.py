@@ -35,6 +35,8 @@ def prometheus_bin() -> str:
 
 def query(url: str, expression: str) -> list[dict]:
     response = httpx.get(f"{url}/api/v1/query", params={"query": expression}, timeout=5)
+    if response.status_code != 200:  # still starting: "Service Unavailable", not JSON
+        return []
     return response.json()["data"]["result"]
 
 
