@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
 from loopd import detect as detector
@@ -27,8 +26,9 @@ from loopd.config import LoopdConfig
 from loopd.deploy import Deployer, DeployFailed
 from loopd.embedded import HELDOUT_FILE, MODEL_DIRNAME, TRAIN_FILE, EmbeddedSpec, ensure_embedded
 from loopd.evaluate import evaluate, gate
-from loopd.pair import make_pair
-from loopd.sample import draw, read_prompts, sample
+from loopd.pair import make_pair, wants_resample
+from loopd.prompts import read_prompts
+from loopd.sample import draw, sample
 from loopd.store import Store
 from loopd.train import ProgressHook, TrainingFailed, run_round
 from loopd.types import (
@@ -39,6 +39,7 @@ from loopd.types import (
     GateDecision,
     GenerationRequest,
     Prompt,
+    Sample,
     TrainResult,
 )
 
@@ -145,12 +146,13 @@ class Loop:
     def pair_fresh(self) -> int:
         """Pair every stored degenerate sample not yet handled (also after a crash)."""
         samples = self.store.unpaired_degenerate()
-        resample = partial(self._resample, adapter=self.deployer.live_name())
+        order = self.cfg.pairing.chosen_order
+        resamples = self._resample([s for s in samples if wants_resample(s, order)])
         pairs = [
             make_pair(
                 s,
-                order=self.cfg.pairing.chosen_order,
-                resample=resample,
+                order=order,
+                resamples=resamples.get(s.id, ()),
                 detect=self.detect,
                 min_truncated_chars=self.cfg.pairing.min_truncated_chars,
             )
@@ -158,20 +160,31 @@ class Loop:
         ]
         made = [p for p in pairs if p is not None]
         self.store.add_pairs(made, handled_sample_ids=[s.id for s in samples])
+        log.info(
+            "paired",
+            extra={"samples": len(samples), "pairs": len(made), "resampled": len(resamples)},
+        )
         return len(made)
 
-    def _resample(self, prompt: Prompt, *, adapter: str | None) -> Sequence[Completion]:
-        if self.cfg.pairing.resample_attempts == 0:
-            return []
-        request = GenerationRequest(
-            prompt=prompt,
-            max_tokens=self.cfg.serving.max_tokens,
-            n=self.cfg.pairing.resample_attempts,
-            temperature=self.cfg.pairing.resample_temperature,
-            seed=int(self.clock()),
-            adapter=adapter,
-        )
-        return self.backend.generate([request])[0]
+    def _resample(self, samples: Sequence[Sample]) -> dict[int, Sequence[Completion]]:
+        """Resamples of every sample's prompt from the live adapter, in one batched call."""
+        attempts = self.cfg.pairing.resample_attempts
+        if not samples or attempts == 0:
+            return {}
+        seed = int(self.clock())
+        requests = [
+            GenerationRequest(
+                prompt=s.prompt,
+                max_tokens=self.cfg.serving.max_tokens,
+                n=attempts,
+                temperature=self.cfg.pairing.resample_temperature,
+                seed=seed,
+                adapter=self.deployer.live_name(),
+            )
+            for s in samples
+        ]
+        groups = self.backend.generate(requests)
+        return {s.id: group for s, group in zip(samples, groups, strict=True)}
 
     # -- train → evaluate → gate → deploy ----------------------------------------
 

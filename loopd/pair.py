@@ -4,77 +4,118 @@ The chosen side is made by the first source in the configured order that can mak
 
 - ``reference``: the prompt's correct answer, when it carries one (the DharmaOCR setup);
 - ``resample``: a fresh completion of the same prompt, at another seed and temperature,
-  that the detector passes (asked for through serving, from the same live adapter);
+  that the detector passes *and that ended on its own*. One cut by the token limit is
+  not an answer: trained with an end token after it, it would teach the model to stop
+  mid-sentence. Resamples come from one batched request per pairing pass (the caller
+  asks for them; ``wants_resample`` says which samples need one), because serving one
+  prompt at a time leaves a batching server nearly idle;
 - ``truncate``: the degenerate output cut just before its loop, closed at the last
   sentence or line boundary, so the pair teaches "stop here" rather than "stop anywhere".
+  Cut at a boundary it is an ending and keeps the end token; cut at a mere word boundary
+  it is trained without one.
 
-Each pair records which source made its chosen answer; a sample for which no source
-works is still marked handled (and stays stored and counted), so it is not retried.
+Each pair records which source made its chosen answer and whether each side ended. A
+sample for which no source works is still marked handled (and stays stored and counted),
+so it is not retried.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
-from loopd.types import Completion, Detection, Pair, Prompt, Sample
+from loopd.types import Completion, Detection, Pair, Sample
 
-Resampler = Callable[[Prompt], Sequence[Completion]]
 Detector = Callable[[Completion], Detection]
 
 _BOUNDARY = re.compile(r"[.!?。]\s|\n")
+_ENDS_AT_BOUNDARY = re.compile(r"[.!?。:;)\]\"']\s*$|\n\s*$")
 
 
-def cut_before_loop(text: str, loop_start: int, *, min_chars: int) -> str | None:
+class Chosen(NamedTuple):
+    text: str
+    eos: bool  # the answer ended: train it with the end-of-sequence token after it
+
+
+def cut_before_loop(text: str, loop_start: int, *, min_chars: int) -> Chosen | None:
     """The text before the loop, ended at its last sentence or line boundary.
 
-    Falls back to the last word boundary when the head holds no sentence end; returns
-    None when what is left would be shorter than ``min_chars`` (nothing worth keeping).
+    Falls back to the last word boundary when the head holds no sentence end (then it is
+    no ending: ``eos`` is False); None when what is left would be shorter than
+    ``min_chars`` (nothing worth keeping).
     """
     head = text[:loop_start]
     ends = [m.end() for m in _BOUNDARY.finditer(head)]
+    at_boundary = bool(ends)
     if ends:
         head = head[: ends[-1]]
     head = head.rstrip()
-    return head if len(head) >= min_chars else None
+    if len(head) < min_chars:
+        return None
+    return Chosen(head, at_boundary or bool(_ENDS_AT_BOUNDARY.search(head)))
+
+
+def wants_resample(sample: Sample, order: Sequence[str]) -> bool:
+    """Whether pairing ``sample`` may reach the ``resample`` source (earlier ones fail)."""
+    for source in order:
+        if source == "resample":
+            return True
+        if source == "reference" and sample.prompt.reference:
+            return False
+    return False
 
 
 def make_pair(
     sample: Sample,
     *,
     order: Sequence[str],
-    resample: Resampler,
+    resamples: Sequence[Completion],
     detect: Detector,
     min_truncated_chars: int,
 ) -> Pair | None:
     """The first chosen answer that ``order`` allows, paired with the sample's loop."""
     for source in order:
-        chosen = _chosen_from(source, sample, resample, detect, min_truncated_chars)
-        if chosen and chosen != sample.completion.text:
+        chosen = _chosen_from(source, sample, resamples, detect, min_truncated_chars)
+        if chosen and chosen.text != sample.completion.text:
             return Pair(
                 prompt=sample.prompt,
-                chosen=chosen,
+                chosen=chosen.text,
                 rejected=sample.completion.text,
                 chosen_source=source,
                 sample_id=sample.id,
+                chosen_eos=chosen.eos,
+                rejected_eos=sample.completion.finish_reason == "stop",
             )
     return None
 
 
 def _chosen_from(
-    source: str, sample: Sample, resample: Resampler, detect: Detector, min_chars: int
-) -> str | None:
+    source: str,
+    sample: Sample,
+    resamples: Sequence[Completion],
+    detect: Detector,
+    min_chars: int,
+) -> Chosen | None:
     if source == "reference":
         reference = sample.prompt.reference
-        return _in_completion_form(reference, sample.completion.text) if reference else None
+        if not reference:
+            return None
+        return Chosen(_in_completion_form(reference, sample.completion.text), eos=True)
     if source == "resample":
-        clean = [c for c in resample(sample.prompt) if not detect(c).degenerate]
-        return clean[0].text if clean else None
+        ended = [c for c in resamples if _is_clean_answer(c, detect)]
+        return Chosen(ended[0].text, eos=True) if ended else None
     if source == "truncate" and sample.detection.loop_start is not None:
         return cut_before_loop(
             sample.completion.text, sample.detection.loop_start, min_chars=min_chars
         )
     return None
+
+
+def _is_clean_answer(completion: Completion, detect: Detector) -> bool:
+    """Ended on its own, has content, and the detector passes it."""
+    ended = completion.finish_reason == "stop"
+    return ended and bool(completion.text.strip()) and not detect(completion).degenerate
 
 
 def _in_completion_form(reference: str, completion: str) -> str:

@@ -92,6 +92,21 @@ def m002_token_logprobs(db: sqlite_utils.Database) -> None:
     db["samples"].add_column("token_logprobs", str)
 
 
+@migrations()
+def m003_pair_endings(db: sqlite_utils.Database) -> None:
+    """Whether each side of a pair ended on its own (trained with EOS) or was cut off.
+
+    Pairs stored before this were trained with EOS on both sides (TRL's default); they
+    keep it on the chosen side and lose it on a rejected side the token limit cut.
+    """
+    db["pairs"].add_column("chosen_eos", int, not_null_default=1)
+    db["pairs"].add_column("rejected_eos", int, not_null_default=0)
+    db.execute(
+        "UPDATE pairs SET rejected_eos = 1 WHERE sample_id IN"
+        " (SELECT id FROM samples WHERE finish_reason = 'stop')"
+    )
+
+
 class SchemaTooNewError(RuntimeError):
     """The database was written by a newer loopd; reading it could lose data."""
 
@@ -362,6 +377,8 @@ def _pair_row(pair: Pair, now: float) -> dict[str, Any]:
         "chosen": pair.chosen,
         "rejected": pair.rejected,
         "chosen_source": pair.chosen_source,
+        "chosen_eos": int(pair.chosen_eos),
+        "rejected_eos": int(pair.rejected_eos),
         "trained_round": None,
         "created_at": now,
     }
@@ -375,6 +392,8 @@ def _pair_from_row(row: dict[str, Any]) -> Pair:
         chosen_source=row["chosen_source"],
         sample_id=row["sample_id"],
         id=row["id"],
+        chosen_eos=bool(row["chosen_eos"]),
+        rejected_eos=bool(row["rejected_eos"]),
     )
 
 

@@ -39,6 +39,9 @@ class GenerationRequest:
     top_p: float = 1.0
     seed: int | None = None
     adapter: str | None = None  # serving name; None means the bare base model
+    # Decode-time loop remedies, kept for comparison (bench/efficacy.py): both cost quality
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,12 @@ class Sample:
 
 @dataclass(frozen=True)
 class Pair:
-    """A DPO preference pair; ``rejected`` is always the model's own degenerate output."""
+    """A DPO preference pair; ``rejected`` is always the model's own degenerate output.
+
+    ``chosen_eos`` / ``rejected_eos``: whether that answer *ended* (and is trained with
+    the end-of-sequence token after it) or was cut off (and is trained without, so the
+    model is never taught to stop mid-sentence, nor to end a loop it should not start).
+    """
 
     prompt: Prompt
     chosen: str
@@ -100,6 +108,8 @@ class Pair:
     chosen_source: str  # "reference" | "resample" | "truncate"
     sample_id: int
     id: int | None = None
+    chosen_eos: bool = True
+    rejected_eos: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,19 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
+class EvalAnswer:
+    """One held-out answer, as the gate needs it to compare two adapters prompt by prompt."""
+
+    prompt_id: str
+    degenerate: bool
+    length: int  # characters, surrounding whitespace stripped
+    tokens: int
+    finish_reason: str
+    edits: int | None = None  # edit distance to the reference, where there is one
+    reference_length: int | None = None
+
+
+@dataclass(frozen=True)
 class EvalReport:
     """How one adapter did on the held-out prompts."""
 
@@ -141,6 +164,7 @@ class EvalReport:
     mean_length: float
     length_ratio: float | None  # mean clean output length / mean reference length
     mean_clean_length: float = 0.0  # mean length of the outputs that did not loop
+    answers: tuple[EvalAnswer, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -2,66 +2,87 @@
 
 from __future__ import annotations
 
-from loopd.pair import cut_before_loop, make_pair
+from loopd.pair import Chosen, cut_before_loop, make_pair, wants_resample
 from loopd.types import Completion, Detection, Prompt, Sample
 
 LOOPED = " The cat sat. It was warm warm warm warm warm"
 START = LOOPED.index("warm warm")
+ORDER = ["reference", "resample", "truncate"]
 
 
-def sample(reference: str | None) -> Sample:
+def sample(reference: str | None, finish: str = "length") -> Sample:
     prompt = Prompt(id="p", text="Story:", reference=reference)
     detection = Detection(degenerate=True, rule="tail_cycle", loop_start=START, period=5)
-    return Sample(7, prompt, Completion("p", LOOPED, "length"), detection, 0.0)
-
-
-def no_resample(prompt: Prompt) -> list[Completion]:
-    return []
+    return Sample(7, prompt, Completion("p", LOOPED, finish), detection, 0.0)
 
 
 def clean(completion: Completion) -> Detection:
     return Detection(degenerate=False)
 
 
+def loops_if_says_loop(completion: Completion) -> Detection:
+    return Detection(degenerate="loop" in completion.text)
+
+
 def test_cut_closes_at_the_last_sentence_boundary() -> None:
-    assert cut_before_loop(LOOPED, START, min_chars=5) == " The cat sat."
-    assert cut_before_loop("one two three four", 14, min_chars=3) == "one two three"
+    assert cut_before_loop(LOOPED, START, min_chars=5) == Chosen(" The cat sat.", eos=True)
     assert cut_before_loop(" ab ab ab", 1, min_chars=5) is None
+
+
+def test_a_cut_without_a_boundary_is_no_ending() -> None:
+    assert cut_before_loop("one two three four", 14, min_chars=3) == Chosen("one two three", False)
 
 
 def test_reference_comes_first_and_keeps_the_models_leading_space() -> None:
     pair = make_pair(
         sample("The cat sat. It was warm."),
         order=["reference", "truncate"],
-        resample=no_resample,
+        resamples=[],
         detect=clean,
         min_truncated_chars=5,
     )
     assert pair.chosen_source == "reference"
     assert pair.chosen == " The cat sat. It was warm."
     assert pair.rejected == LOOPED and pair.sample_id == 7
+    assert (pair.chosen_eos, pair.rejected_eos) == (True, False)  # the loop hit the limit
 
 
 def test_falls_through_to_a_clean_resample_then_truncation() -> None:
-    def resample(prompt: Prompt) -> list[Completion]:
-        return [Completion("p", " loop loop", "length"), Completion("p", " A clean one.", "stop")]
-
-    def detect(completion: Completion) -> Detection:
-        return Detection(degenerate="loop" in completion.text)
-
-    order = ["reference", "resample", "truncate"]
+    resamples = [Completion("p", " loop loop", "stop"), Completion("p", " A clean one.", "stop")]
     pair = make_pair(
-        sample(None), order=order, resample=resample, detect=detect, min_truncated_chars=5
-    )
-    assert (pair.chosen_source, pair.chosen) == ("resample", " A clean one.")
+        sample(None), order=ORDER, resamples=resamples, detect=loops_if_says_loop,
+        min_truncated_chars=5,
+    )  # fmt: skip
+    assert (pair.chosen_source, pair.chosen, pair.chosen_eos) == ("resample", " A clean one.", True)
     pair = make_pair(
-        sample(None), order=order, resample=no_resample, detect=detect, min_truncated_chars=5
+        sample(None), order=ORDER, resamples=[], detect=loops_if_says_loop, min_truncated_chars=5
     )
     assert (pair.chosen_source, pair.chosen) == ("truncate", " The cat sat.")
 
 
+def test_a_resample_cut_by_the_token_limit_is_not_an_answer() -> None:
+    cut = [Completion("p", " A clean start but the limit came", "length")]
+    pair = make_pair(sample(None), order=ORDER, resamples=cut, detect=clean, min_truncated_chars=5)
+    assert pair.chosen_source == "truncate"
+
+
+def test_a_loop_that_ended_on_its_own_keeps_its_end_token() -> None:
+    pair = make_pair(
+        sample(None, finish="stop"), order=["truncate"], resamples=[], detect=clean,
+        min_truncated_chars=5,
+    )  # fmt: skip
+    assert pair.rejected_eos
+
+
+def test_only_samples_that_reach_the_resample_source_want_one() -> None:
+    assert wants_resample(sample(None), ORDER)
+    assert not wants_resample(sample("ref"), ORDER)  # the reference answers first
+    assert wants_resample(sample("ref"), ["resample", "reference"])
+    assert not wants_resample(sample(None), ["reference", "truncate"])
+
+
 def test_no_source_no_pair() -> None:
     pair = make_pair(
-        sample(None), order=["reference"], resample=no_resample, detect=clean, min_truncated_chars=5
+        sample(None), order=["reference"], resamples=[], detect=clean, min_truncated_chars=5
     )
     assert pair is None

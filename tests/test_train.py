@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -48,7 +51,9 @@ def test_a_round_trains_a_new_adapter(base_model: Path, embedded_dir: Path, tmp_
     lora_b = [w for name, w in weights.items() if "lora_B" in name]
     assert lora_b and any(w.abs().sum() > 0 for w in lora_b)  # B starts at zero: it moved
     assert (result.pairs_used, result.steps, result.dropped_overlong) == (8, 2, 0)
-    assert result.metrics == {"misaligned_pairs": 0}
+    assert result.metrics["misaligned_pairs"] == 0
+    assert (result.metrics["micro_batch"], result.metrics["accumulation"]) == (4, 1)
+    assert result.metrics["peak_memory_gb"] > 0
     assert steps and max(steps) == 2
 
 
@@ -72,15 +77,69 @@ def test_continuing_from_an_adapter_changes_it(
 
 def test_over_long_pairs_are_dropped_and_counted(base_model, embedded_dir, tmp_path) -> None:
     pairs = pairs_from(embedded_dir, 4)
-    long = pairs[0].__class__(**{**pairs[0].__dict__, "chosen": " amber" * 300})
+    long = replace(pairs[0], chosen=" amber" * 300)
     result = run_round(
         [*pairs, long], base_model=base_model, init_adapter=None, out_dir=tmp_path / "o", cfg=FAST
     )
     assert (result.pairs_used, result.dropped_overlong) == (4, 1)
 
 
+def test_an_over_long_loop_is_cut_not_dropped(base_model, embedded_dir, tmp_path) -> None:
+    pairs = pairs_from(embedded_dir, 4)
+    endless = replace(pairs[0], rejected=pairs[0].rejected + " amber" * 300)
+    result = run_round(
+        [*pairs, endless], base_model=base_model, init_adapter=None, out_dir=tmp_path / "o",
+        cfg=FAST,
+    )  # fmt: skip
+    assert (result.pairs_used, result.dropped_overlong, result.metrics["rejected_cut"]) == (5, 0, 1)
+
+
+def test_when_every_pair_is_too_long_the_round_says_which_setting(
+    base_model, embedded_dir, tmp_path
+) -> None:
+    pairs = [replace(p, chosen=" amber" * 300) for p in pairs_from(embedded_dir, 2)]
+    with pytest.raises(TrainingFailed, match="raise it") as error:
+        run_round(pairs, base_model=base_model, init_adapter=None, out_dir=tmp_path / "o", cfg=FAST)
+    assert error.value.kind == "no_trainable_pairs"
+    assert "training.max_length=256" in str(error.value)
+
+
+FAULTY = (sys.executable, str(Path(__file__).with_name("faulty_trainer.py")))
+
+
+def test_a_trainer_killed_by_sigkill_is_reported_and_retried_smaller(
+    base_model, embedded_dir, tmp_path, monkeypatch, caplog
+) -> None:
+    monkeypatch.setenv("LOOPD_TEST_FAULT", "sigkill_once")
+    caplog.set_level(logging.WARNING, logger="loopd.train")
+    result = run_round(
+        pairs_from(embedded_dir), base_model=base_model, init_adapter=None,
+        out_dir=tmp_path / "o", cfg=FAST, trainer=FAULTY,
+    )  # fmt: skip
+    retry = next(r for r in caplog.records if "retrying with a smaller" in r.message)
+    assert "trainer killed by SIGKILL — likely out of memory at micro-batch 4 ×" in retry.error
+    assert (result.metrics["micro_batch"], result.metrics["accumulation"]) == (2, 2)
+    assert result.steps == 2  # the same optimizer steps: accumulation made up the batch
+
+
+def test_an_allocation_failure_backs_off_until_one_pair_then_names_the_fix(
+    base_model, embedded_dir, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("LOOPD_TEST_FAULT", "oom_always")
+    with pytest.raises(TrainingFailed) as error:
+        run_round(
+            pairs_from(embedded_dir), base_model=base_model, init_adapter=None,
+            out_dir=tmp_path / "o", cfg=FAST, trainer=FAULTY,
+        )  # fmt: skip
+    assert error.value.kind == "out_of_memory"
+    assert error.value.plan["micro_batch"] == 1
+    message = str(error.value)
+    assert "out of memory at micro-batch 1 ×" in message and "can't allocate memory" in message
+    assert "lower training.max_length or raise training.memory_budget_gb" in message
+
+
 def test_a_crashing_trainer_raises_training_failed(embedded_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(TrainingFailed, match="exited with status"):
+    with pytest.raises(TrainingFailed, match="no-such-model") as error:
         run_round(
             pairs_from(embedded_dir, 2),
             base_model=tmp_path / "no-such-model",
@@ -88,11 +147,13 @@ def test_a_crashing_trainer_raises_training_failed(embedded_dir: Path, tmp_path:
             out_dir=tmp_path / "o",
             cfg=FAST,
         )
+    assert error.value.kind == "crashed"
+    assert "%|" not in str(error.value)  # no progress-bar noise in what gets stored
 
 
 def test_a_hung_trainer_is_killed_at_the_timeout(base_model, embedded_dir, tmp_path) -> None:
     cfg = FAST.model_copy(update={"timeout_seconds": 0.5})
-    with pytest.raises(TrainingFailed, match=r"timeout_seconds=0\.5; killed"):
+    with pytest.raises(TrainingFailed, match=r"timeout_seconds=0\.5; killed") as error:
         run_round(
             pairs_from(embedded_dir, 2),
             base_model=base_model,
@@ -100,6 +161,7 @@ def test_a_hung_trainer_is_killed_at_the_timeout(base_model, embedded_dir, tmp_p
             out_dir=tmp_path / "o",
             cfg=cfg,
         )
+    assert error.value.kind == "timeout"
 
 
 def test_a_cancelled_round_is_killed_promptly(base_model, embedded_dir, tmp_path) -> None:
@@ -125,4 +187,4 @@ def test_answers_glued_onto_the_prompt_are_counted(base_model, embedded_dir, tmp
     result = run_round(
         glued, base_model=base_model, init_adapter=None, out_dir=tmp_path / "o", cfg=FAST
     )
-    assert result.metrics == {"misaligned_pairs": 4}
+    assert result.metrics["misaligned_pairs"] == 4

@@ -18,26 +18,13 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loopd.backends import AdapterLoadError
-from loopd.types import Completion, GenerationRequest, Prompt
+from loopd.prompts import encode_prompt, end_token_ids
+from loopd.types import Completion, GenerationRequest
 
 log = logging.getLogger(__name__)
-
-
-def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
-    """Plain prompts pass through; chat prompts go through the model's chat template."""
-    if prompt.messages is None:
-        return prompt.text or ""
-    if tokenizer.chat_template is None:
-        raise ValueError(
-            f"prompt {prompt.id!r} has 'messages' but the model has no chat template; "
-            "give it as plain 'prompt' text instead"
-        )
-    return tokenizer.apply_chat_template(
-        list(prompt.messages), tokenize=False, add_generation_prompt=True
-    )
 
 
 class LocalBackend:
@@ -52,6 +39,7 @@ class LocalBackend:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+        self.end_ids = end_token_ids(self.tokenizer, base)
         self._peft: PeftModel | None = None
         self._lock = threading.RLock()
 
@@ -96,49 +84,62 @@ class LocalBackend:
     # -- generation ------------------------------------------------------------
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
-        """Batch requests that share sampling settings; keep the caller's order."""
+        """Batch requests that share sampling settings; keep the caller's order.
+
+        Within a group, prompts are batched by length: left padding costs attention over
+        every pad position at every step, so a long prompt must not widen a batch of
+        short ones.
+        """
+        prompt_ids = [encode_prompt(self.tokenizer, r.prompt) for r in requests]
         results: list[list[Completion]] = [[] for _ in requests]
-        order = sorted(range(len(requests)), key=lambda i: _batch_key(requests[i]))
+        order = sorted(
+            range(len(requests)), key=lambda i: (_batch_key(requests[i]), len(prompt_ids[i]))
+        )
         for _, group in itertools.groupby(order, key=lambda i: _batch_key(requests[i])):
             indices = list(group)
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                for index, completions in zip(
-                    chunk, self._generate_batch([requests[i] for i in chunk]), strict=True
-                ):
+                batch = [(requests[i], prompt_ids[i]) for i in chunk]
+                for index, completions in zip(chunk, self._generate_batch(batch), strict=True):
                     results[index] = completions
         return results
 
-    def _generate_batch(self, batch: list[GenerationRequest]) -> list[list[Completion]]:
-        first = batch[0]
-        texts = [render_prompt(self.tokenizer, r.prompt) for r in batch]
-        encoded = self.tokenizer(texts, return_tensors="pt", padding=True)
-        sampling = first.temperature > 0
+    def _generate_batch(
+        self, batch: list[tuple[GenerationRequest, list[int]]]
+    ) -> list[list[Completion]]:
+        first = batch[0][0]
+        prompts = [ids for _, ids in batch]
+        encoded = self.tokenizer.pad(
+            {"input_ids": prompts}, padding=True, padding_side="left", return_tensors="pt"
+        )
         started = time.perf_counter()
         with self._lock, self._adapter(first.adapter), torch.inference_mode():
             if first.seed is not None:
                 torch.manual_seed(first.seed)
             output = self._generator().generate(
-                **encoded,
-                max_new_tokens=first.max_tokens,
-                do_sample=sampling,
-                temperature=first.temperature if sampling else None,
-                top_p=first.top_p if sampling else None,
-                top_k=None,
-                num_return_sequences=first.n,
-                pad_token_id=self.tokenizer.pad_token_id,
+                **encoded, **self._generation_args(first), num_return_sequences=first.n
             )
         latency = (time.perf_counter() - started) / len(batch)
         new_tokens = output[:, encoded["input_ids"].shape[1] :]
-        prompts = [
-            [t for t in row.tolist() if t != self.tokenizer.pad_token_id]
-            for row in encoded["input_ids"]
-        ]
         rows = [
-            self._completion(batch[i // first.n], prompts[i // first.n], tokens, latency)
+            self._completion(batch[i // first.n][0], prompts[i // first.n], tokens, latency)
             for i, tokens in enumerate(new_tokens)
         ]
         return [rows[i * first.n : (i + 1) * first.n] for i in range(len(batch))]
+
+    def _generation_args(self, request: GenerationRequest) -> dict[str, object]:
+        sampling = request.temperature > 0
+        return {
+            "max_new_tokens": request.max_tokens,
+            "do_sample": sampling,
+            "temperature": request.temperature if sampling else None,
+            "top_p": request.top_p if sampling else None,
+            "top_k": None,
+            "repetition_penalty": request.repetition_penalty,
+            "no_repeat_ngram_size": request.no_repeat_ngram_size,
+            "eos_token_id": self.end_ids,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
 
     def _generator(self) -> torch.nn.Module:
         return self._peft if self._peft is not None else self.model
@@ -161,17 +162,16 @@ class LocalBackend:
         self, request: GenerationRequest, prompt_ids: list[int], ids: torch.Tensor, latency: float
     ) -> Completion:
         tokens = ids.tolist()
-        eos = self.tokenizer.eos_token_id
-        finished = eos in tokens
-        if finished:
-            tokens = tokens[: tokens.index(eos)]
-        tokens = [t for t in tokens if t != self.tokenizer.pad_token_id]
+        end = next((i for i, t in enumerate(tokens) if t in self.end_ids), None)
+        stop_reason = None if end is None else tokens[end]
+        if end is not None:
+            tokens = tokens[:end]
         return Completion(
             prompt_id=request.prompt.id,
             text=self._continuation(prompt_ids, tokens),
-            finish_reason="stop" if finished else "length",
+            finish_reason="length" if end is None else "stop",
             token_ids=tuple(tokens),
-            stop_reason=eos if finished else None,
+            stop_reason=stop_reason,
             adapter=request.adapter,
             temperature=request.temperature,
             seed=request.seed,
@@ -199,4 +199,6 @@ def _batch_key(request: GenerationRequest) -> tuple:
         request.max_tokens,
         request.n,
         -1 if request.seed is None else request.seed,
+        request.repetition_penalty,
+        request.no_repeat_ngram_size,
     )

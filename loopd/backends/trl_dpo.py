@@ -1,22 +1,34 @@
 """The trainer backend: one DPO round with TRL's ``DPOTrainer`` and a PEFT LoRA.
 
 Runs as a child process (``python -m loopd.backends.trl_dpo JOB.json``) so that a crash,
-an OOM kill or a hang can never take the daemon down; the parent reads progress as JSON
-lines on stdout and gets the result from ``result.json``. For large models the same
-entry point runs under ``accelerate launch`` unchanged.
+an OOM kill or a hang can never take the daemon down. It talks to the parent in JSON
+lines on stdout: ``plan`` (the micro-batching chosen for the memory budget), ``progress``
+per logging step, then ``done`` or ``failed`` with a ``kind``; the result itself goes to
+``result.json``. For large models the same entry point runs under ``accelerate launch``.
 
-CPU pitfalls handled here (measured, see DESIGN): TRL's defaults (bf16, gradient
-checkpointing, lr 1e-6) are wrong on CPU; over-long pairs are silently dropped by TRL,
-so they are filtered and counted before it sees them; a continued adapter must be named
-``default`` and TRL adds a frozen ``ref`` copy beside it, so only ``default`` is saved.
+Steps of a round (``train``):
+
+1. encode the pairs (``dpo_data``: loopd decides EOS and cuts, TRL gets ids);
+2. plan micro-batches that fit the memory budget (``loopd.memory``) and, on a CPU,
+   enforce the budget on this process, so running out is a clean, reported failure
+   the parent retries at half the micro-batch, never the kernel's OOM killer;
+3. load the policy (a new LoRA, or the deployed adapter to continue) and the reference;
+4. train with TRL, gradient accumulation making up the configured batch;
+5. save only the ``default`` adapter (TRL adds a frozen ``ref`` copy beside it).
+
+CPU pitfalls handled (measured, see DESIGN): TRL's defaults (bf16, gradient
+checkpointing, lr 1e-6) are wrong on CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import resource
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +38,20 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
-from loopd.backends.local import render_prompt
-from loopd.types import Prompt
+from loopd.backends.dpo_data import encode_pairs
+from loopd.memory import GIB, BatchPlan, ModelShape, available_bytes, budget_bytes, plan_batches
+from loopd.prompts import end_token_ids
+
+ENFORCEMENT_SLACK = GIB  # address space reserved but never touched (thread stacks, arenas)
+REPORTED_METRICS = ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen")
+
+
+class RoundFailed(Exception):
+    """A failure the parent can act on; ``kind`` names it (see ``loopd.train``)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -36,44 +60,67 @@ def emit(event: str, **fields: Any) -> None:
 
 
 class ProgressCallback(TrainerCallback):
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+
     def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        emit("progress", step=state.global_step, total=state.max_steps, loss=loss)
+        logs = logs or {}
+        self.last |= {k: float(v) for k, v in logs.items() if k in REPORTED_METRICS}
+        emit(
+            "progress",
+            step=state.global_step,
+            total=state.max_steps,
+            loss=logs.get("loss"),
+            **{k.replace("/", "_"): v for k, v in logs.items() if k in REPORTED_METRICS[1:]},
+        )
 
 
-def screen_pairs(
-    pairs: list[dict[str, str]], tokenizer, max_length: int
-) -> tuple[list[dict[str, str]], int, int]:
-    """Kept pairs, how many were too long, and how many of the kept are misaligned.
+class PretokenizedDPOTrainer(DPOTrainer):
+    """TRL's ``DPOTrainer`` on pairs ``dpo_data`` already tokenized.
 
-    Too long: prompt + chosen answer over ``max_length``. An over-long rejected loop is
-    fine to cut (TRL truncates it), but a cut chosen answer would teach the model to stop
-    early, and TRL drops over-long prompts without a word, so they are counted here.
-
-    Misaligned: TRL tokenizes prompt + answer as one string; if the answer lacks the
-    whitespace the model emitted after the prompt, the two glue into tokens never served
-    and the round trains on noise. Counting them makes that visible instead of silent.
+    TRL would re-tokenize text and append EOS to every answer (see ``dpo_data`` for why
+    that is wrong for loops); given ``prompt_ids``/``chosen_ids``/``rejected_ids`` rows,
+    the rest of TRL (collator, reference log-probs, losses) is used unchanged.
     """
-    kept, misaligned = [], 0
-    for pair in pairs:
-        prompt_ids = tokenizer(pair["prompt"])["input_ids"]
-        chosen_ids = tokenizer(pair["prompt"] + pair["chosen"])["input_ids"]
-        if len(chosen_ids) + 1 > max_length:
-            continue
-        kept.append(pair)
-        rejected_ids = tokenizer(pair["prompt"] + pair["rejected"])["input_ids"]
-        cut = len(prompt_ids)
-        if chosen_ids[:cut] != prompt_ids or rejected_ids[:cut] != prompt_ids:
-            misaligned += 1
-    return kept, len(pairs) - len(kept), misaligned
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        return dataset
 
 
-def _example(record: dict[str, Any], tokenizer) -> dict[str, str]:
-    fields = record["prompt"]
-    messages = fields["messages"]
-    prompt = Prompt(**{**fields, "messages": tuple(messages) if messages else None})
-    text = render_prompt(tokenizer, prompt)
-    return {"prompt": text, "chosen": record["chosen"], "rejected": record["rejected"]}
+def _on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def _budget(cfg: dict[str, Any]) -> int:
+    if _on_gpu():
+        free = torch.cuda.mem_get_info()[0]
+        return budget_bytes(cfg["memory_budget_gb"], free)
+    return budget_bytes(cfg["memory_budget_gb"], available_bytes())
+
+
+def enforce_budget(limit: int) -> None:
+    """Cap this process's data segment, so exceeding the budget raises, not OOM-kills.
+
+    Also volunteer this process to the kernel's OOM killer ahead of everything else, so a
+    machine short of memory loses the trainer and never the serving engine beside it.
+    """
+    resource.setrlimit(resource.RLIMIT_DATA, (limit + ENFORCEMENT_SLACK, resource.RLIM_INFINITY))
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text("1000")
+
+
+def plan_round(job: dict[str, Any], seq_len: int) -> BatchPlan:
+    cfg = job["training"]
+    explicit_ref = job["init_adapter"] is not None and cfg["reference_policy"] == "base"
+    return plan_batches(
+        ModelShape.from_folder(Path(job["base_model"])),
+        batch_size=cfg["batch_size"],
+        seq_len=seq_len,
+        budget_bytes=_budget(cfg),
+        fixed_micro_batch=cfg["micro_batch_size"],
+        cap=job.get("micro_batch_cap"),
+        models_in_memory=2 if explicit_ref else 1,
+    )
 
 
 def load_policy(job: dict[str, Any]):
@@ -104,48 +151,85 @@ def train(job: dict[str, Any]) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(job["base_model"])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    examples = [_example(record, tokenizer) for record in job["pairs"]]
-    pairs, dropped, misaligned = screen_pairs(examples, tokenizer, cfg["max_length"])
-    if not pairs:
-        raise ValueError(f"all {dropped} pairs exceed training.max_length={cfg['max_length']}")
+    end_ids = end_token_ids(tokenizer, Path(job["base_model"]))
+    encoded = encode_pairs(
+        job["pairs"], tokenizer, end_token_id=end_ids[0], max_length=cfg["max_length"]
+    )
+    if not encoded.rows:
+        raise RoundFailed(
+            "no_trainable_pairs",
+            f"all {encoded.dropped_overlong} pairs have a prompt + chosen answer longer than "
+            f"training.max_length={cfg['max_length']}; raise it",
+        )
+    plan = plan_round(job, encoded.longest)
+    emit("plan", **_plan_fields(plan))
+    if not _on_gpu():
+        enforce_budget(plan.budget_bytes)
     model, reference, lora = load_policy(job)
+    progress = ProgressCallback()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = DPOTrainer(
+        trainer = PretokenizedDPOTrainer(
             model=model,
             ref_model=reference,
-            args=_dpo_args(cfg, scratch),
-            train_dataset=Dataset.from_list(pairs),
+            args=_dpo_args(cfg, plan, scratch),
+            train_dataset=Dataset.from_list(encoded.rows),
             processing_class=tokenizer,
             peft_config=lora,
-            callbacks=[ProgressCallback()],
+            callbacks=[progress],
         )
         output = trainer.train()
     seconds = time.perf_counter() - started
     trainer.model.save_pretrained(job["out_dir"], selected_adapters=["default"])
     return {
-        "pairs_used": len(pairs),
-        "dropped_overlong": dropped,
+        "pairs_used": len(encoded.rows),
+        "dropped_overlong": encoded.dropped_overlong,
         "steps": output.global_step,
         "seconds": seconds,
         "final_loss": output.training_loss,
-        "metrics": {"misaligned_pairs": misaligned},
+        "metrics": {
+            "misaligned_pairs": encoded.misaligned,
+            "rejected_cut": encoded.rejected_cut,
+            "micro_batch": plan.micro_batch,
+            "accumulation": plan.accumulation,
+            "seq_len": plan.seq_len,
+            "peak_memory_gb": round(_peak_bytes() / GIB, 3),
+            **{k.replace("/", "_"): v for k, v in progress.last.items()},
+        },
     }
 
 
-def _dpo_args(cfg: dict[str, Any], output_dir: str) -> DPOConfig:
+def _plan_fields(plan: BatchPlan) -> dict[str, Any]:
+    return {
+        "micro_batch": plan.micro_batch,
+        "accumulation": plan.accumulation,
+        "seq_len": plan.seq_len,
+        "estimate_gb": round(plan.estimate_bytes / GIB, 2),
+        "budget_gb": round(plan.budget_bytes / GIB, 2),
+    }
+
+
+def _peak_bytes() -> int:
+    if _on_gpu():
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _dpo_args(cfg: dict[str, Any], plan: BatchPlan, output_dir: str) -> DPOConfig:
     return DPOConfig(
         output_dir=output_dir,
         learning_rate=cfg["learning_rate"],
         num_train_epochs=cfg["epochs"],
-        per_device_train_batch_size=cfg["batch_size"],
+        per_device_train_batch_size=plan.micro_batch,
+        gradient_accumulation_steps=plan.accumulation,
+        precompute_ref_batch_size=plan.micro_batch,
         beta=cfg["beta"],
         loss_type=cfg["loss_type"],
         max_length=cfg["max_length"],
         precompute_ref_log_probs=True,
         bf16=False,
         gradient_checkpointing=False,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not _on_gpu(),
         seed=cfg["seed"],
         logging_steps=1,
         save_strategy="no",
@@ -155,9 +239,27 @@ def _dpo_args(cfg: dict[str, Any], output_dir: str) -> DPOConfig:
     )
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, MemoryError | torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text.lower()
+    )
+
+
 def main(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
-    result = train(job)
+    try:
+        result = train(job)
+    except RoundFailed as error:
+        emit("failed", kind=error.kind, message=str(error))
+        return 1
+    except Exception as error:  # report what happened; the parent decides what is next
+        traceback.print_exc()
+        kind = "out_of_memory" if is_out_of_memory(error) else "crashed"
+        emit("failed", kind=kind, message=f"{type(error).__name__}: {str(error)[:500]}")
+        return 1
     Path(job["result_path"]).write_text(json.dumps(result))
     emit("done", **result)
     return 0

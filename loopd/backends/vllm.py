@@ -373,6 +373,13 @@ class VllmBackend:
         }
         if request.seed is not None:
             body["seed"] = request.seed
+        if request.repetition_penalty != 1.0:
+            body["repetition_penalty"] = request.repetition_penalty
+        if request.no_repeat_ngram_size:
+            raise ValueError(
+                "no_repeat_ngram_size: vLLM's OpenAI API has no such parameter; "
+                "compare it on the local backend"
+            )
         if self.config.return_token_ids:
             body["return_token_ids"] = True
         if chat:
