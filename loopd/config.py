@@ -119,8 +119,26 @@ class TrainingConfig(Section):
     )
     epochs: float = Field(2.0, gt=0.0, description="Passes over the round's pairs.")
     batch_size: int = Field(8, gt=0, description="Pairs per optimizer step.")
+    micro_batch_size: int | None = Field(
+        None,
+        gt=0,
+        description="Pairs per forward/backward pass; gradients accumulate up to batch_size, "
+        "so the update is the same, only the peak memory changes. Unset: the largest that "
+        "fits memory_budget_gb, estimated from the model's shape and max_length.",
+    )
+    memory_budget_gb: float | None = Field(
+        None,
+        gt=0,
+        description="Peak memory one round may use, in GiB (host RAM on a CPU, device memory "
+        "on a GPU). Unset: 60% of what is available when the round starts, so the trainer "
+        "never pushes the serving engine beside it into the OOM killer's reach.",
+    )
     max_length: int = Field(
-        256, gt=8, description="Prompt+answer tokens; longer pairs are dropped and counted."
+        256,
+        gt=8,
+        description="Tokens of prompt + answer per sequence. A pair whose prompt and chosen "
+        "answer do not fit is dropped and counted; an over-long rejected loop is cut to fit "
+        "(its start is what teaches) and counted.",
     )
     lora_rank: int = Field(8, gt=0, description="LoRA rank of a new adapter.")
     lora_alpha: int = Field(16, gt=0, description="LoRA alpha of a new adapter.")
@@ -145,6 +163,16 @@ class TrainingConfig(Section):
     threads: int | None = Field(
         1, gt=0, description="torch threads in the trainer process; unset = torch's."
     )
+
+    @model_validator(mode="after")
+    def _micro_batch_divides(self) -> TrainingConfig:
+        micro = self.micro_batch_size
+        if micro is not None and self.batch_size % micro:
+            raise ValueError(
+                f"micro_batch_size={micro} does not divide batch_size={self.batch_size}; "
+                "choose a divisor (or leave micro_batch_size unset to fit memory_budget_gb)"
+            )
+        return self
 
 
 class GateConfig(Section):
@@ -214,6 +242,62 @@ class LoopdConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _embedded_only_as_a_whole(self) -> LoopdConfig:
+        """The embedded prompts suit only the embedded model, and the reverse.
+
+        A real model silently sampled on the embedded model's synthetic documents (or the
+        tiny word-level model on real prompts) runs, measures nothing and looks fine.
+        """
+        unset = [
+            name
+            for name, value in (
+                ("sampling.prompts", self.sampling.prompts),
+                ("gate.heldout", self.gate.heldout),
+            )
+            if not value
+        ]
+        if self.model.base is not None and unset:
+            raise ValueError(
+                f"{' and '.join(unset)}: set {'them' if len(unset) > 1 else 'it'} to your "
+                "prompt files (JSON Lines); model.base names your own model, and the embedded "
+                "prompts are only for the embedded tiny model"
+            )
+        if self.model.base is None and len(unset) < 2:
+            raise ValueError(
+                "model.base: set it to the model your prompt files are for; the embedded tiny "
+                "model knows only its own word list (or unset sampling.prompts and "
+                "gate.heldout too, for the whole embedded default)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _answers_fit_training(self) -> LoopdConfig:
+        if self.training.max_length <= self.serving.max_tokens:
+            raise ValueError(
+                f"training.max_length={self.training.max_length} must exceed "
+                f"serving.max_tokens={self.serving.max_tokens}: a chosen answer as long as "
+                "serving allows, plus its prompt, could never be trained; raise "
+                "training.max_length or lower serving.max_tokens"
+            )
+        return self
+
+    def advice(self) -> list[str]:
+        """Settings that validate but are likely wrong; printed by ``config check``."""
+        notes = []
+        fields = self.training.model_fields_set
+        if self.model.base is not None and "learning_rate" not in fields:
+            notes.append(
+                "training.learning_rate is the embedded tiny model's 2e-3; a pretrained model "
+                "wants ~1e-4 to 5e-4 for a LoRA (configs/smollm2.toml has measured values)"
+            )
+        if self.model.base is not None and self.serving.max_tokens <= 64:
+            notes.append(
+                f"serving.max_tokens={self.serving.max_tokens} is the embedded model's; a real "
+                "model's loops start after a few hundred tokens (configs/smollm2.toml: 384)"
+            )
+        return notes
+
     @property
     def db_path(self) -> Path:
         return self.state_dir / "loopd.db"
@@ -266,6 +350,8 @@ def _describe(error: dict[str, Any]) -> str:
     where = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown key; remove it or check its spelling against the docs"
+    if error["type"] == "value_error" and not error["loc"]:
+        return error["msg"].removeprefix("Value error, ")  # names its own fields
     return f"{where}: {error['msg']} (got {error.get('input')!r})"
 
 

@@ -3,9 +3,17 @@
 Candidate and live adapter answer the same held-out prompts (never trained on) with
 greedy decoding. The candidate must cut the degeneration rate by more than the
 configured margin, must not raise the character error rate (where prompts carry
-references), and must not answer shorter than the references (or, without references,
-than the live adapter's clean answers). That last check is what stops the cheap "fix" of
-loops: an adapter that ends every answer early has no loops and is still a regression.
+references), and must not answer shorter than the live adapter. That last check is what
+stops the cheap "fix" of loops: an adapter that ends every answer early has no loops and
+is still a regression. Length is always judged *against the live adapter*, never against
+an absolute ratio: a small model's clean answers are often shorter than the references
+(SmolLM2's base scored 0.86), and a bar the live adapter itself fails rejects every
+candidate forever. Two views, both relative to live:
+
+- on the prompts neither adapter loops on, the candidate's answers over the live's;
+- where references exist, the candidate's clean-answer length over the references,
+  against the same figure for the live adapter (this one also sees the prompts the
+  live adapter looped on, which is where a truncating "fix" shows).
 """
 
 from __future__ import annotations
@@ -17,7 +25,15 @@ from rapidfuzz.distance import Levenshtein
 
 from loopd.backends import ServingBackend
 from loopd.config import GateConfig
-from loopd.types import Completion, Detection, EvalReport, GateDecision, GenerationRequest, Prompt
+from loopd.types import (
+    Completion,
+    Detection,
+    EvalAnswer,
+    EvalReport,
+    GateDecision,
+    GenerationRequest,
+    Prompt,
+)
 
 Detector = Callable[[Completion], Detection]
 
@@ -48,39 +64,68 @@ def evaluate(
         GenerationRequest(prompt=p, max_tokens=max_tokens, adapter=adapter) for p in prompts
     ]
     completions = [group[0] for group in backend.generate(requests)]
-    degenerate = [detect(c).degenerate for c in completions]
-    with_reference = [
-        (c.text, p.reference) for c, p in zip(completions, prompts, strict=True) if p.reference
+    answers = [
+        score_answer(p, c, detect(c).degenerate) for p, c in zip(prompts, completions, strict=True)
     ]
-    lengths = [len(c.text.strip()) for c in completions]
-    clean = [n for n, bad in zip(lengths, degenerate, strict=True) if not bad]
-    return EvalReport(
-        adapter=adapter,
-        prompts=len(prompts),
-        degeneration_rate=sum(degenerate) / max(1, len(prompts)),
-        cer=character_error_rate(*zip(*with_reference, strict=True)) if with_reference else None,
-        mean_length=fmean(lengths) if lengths else 0.0,
-        length_ratio=_length_ratio(completions, prompts, degenerate),
-        mean_clean_length=fmean(clean) if clean else 0.0,
+    return report_of(adapter, answers)
+
+
+def score_answer(prompt: Prompt, completion: Completion, degenerate: bool) -> EvalAnswer:
+    text = completion.text.strip()
+    reference = prompt.reference.strip() if prompt.reference else None
+    return EvalAnswer(
+        prompt_id=prompt.id,
+        degenerate=degenerate,
+        length=len(text),
+        tokens=len(completion.token_ids or ()),
+        finish_reason=completion.finish_reason,
+        edits=None if reference is None else Levenshtein.distance(text, reference),
+        reference_length=None if reference is None else len(reference),
     )
 
 
-def _length_ratio(
-    completions: Sequence[Completion], prompts: Sequence[Prompt], degenerate: Sequence[bool]
-) -> float | None:
-    """Mean answer length over mean reference length, on answers that did not loop.
+def report_of(adapter: str | None, answers: Sequence[EvalAnswer]) -> EvalReport:
+    referenced = [a for a in answers if a.edits is not None]
+    clean = [a.length for a in answers if not a.degenerate]
+    return EvalReport(
+        adapter=adapter,
+        prompts=len(answers),
+        degeneration_rate=sum(a.degenerate for a in answers) / max(1, len(answers)),
+        cer=(
+            sum(a.edits for a in referenced) / max(1, sum(a.reference_length for a in referenced))
+            if referenced
+            else None
+        ),
+        mean_length=fmean(a.length for a in answers) if answers else 0.0,
+        length_ratio=_reference_length_ratio(answers),
+        mean_clean_length=fmean(clean) if clean else 0.0,
+        answers=tuple(answers),
+    )
+
+
+def _reference_length_ratio(answers: Sequence[EvalAnswer]) -> float | None:
+    """Clean answers' total length over their references', where there are references.
 
     Loops are left out because a looping answer is long for the wrong reason: it would
     hide an adapter that shortens every answer it does not loop on.
     """
-    pairs = [
-        (len(c.text.strip()), len(p.reference.strip()))
-        for c, p, bad in zip(completions, prompts, degenerate, strict=True)
-        if p.reference and not bad
-    ]
-    if not pairs:
+    clean = [a for a in answers if a.reference_length is not None and not a.degenerate]
+    if not clean:
         return None
-    return sum(a for a, _ in pairs) / max(1, sum(r for _, r in pairs))
+    return sum(a.length for a in clean) / max(1, sum(a.reference_length for a in clean))
+
+
+def paired_clean_length_ratio(candidate: EvalReport, live: EvalReport) -> float | None:
+    """Candidate's total answer length over the live's, on prompts neither loops on."""
+    live_by_id = {a.prompt_id: a for a in live.answers}
+    both = [
+        (a.length, live_by_id[a.prompt_id].length)
+        for a in candidate.answers
+        if a.prompt_id in live_by_id and not a.degenerate and not live_by_id[a.prompt_id].degenerate
+    ]
+    if not both:
+        return None
+    return sum(c for c, _ in both) / max(1, sum(v for _, v in both))
 
 
 def gate(candidate: EvalReport, live: EvalReport, cfg: GateConfig) -> GateDecision:
@@ -102,13 +147,18 @@ def gate(candidate: EvalReport, live: EvalReport, cfg: GateConfig) -> GateDecisi
 
 
 def _length_problems(candidate: EvalReport, live: EvalReport, min_ratio: float) -> list[str]:
-    if candidate.length_ratio is not None:
-        if candidate.length_ratio < min_ratio:
-            return [f"answers shortened: length ratio {candidate.length_ratio:.2f} < {min_ratio}"]
-        return []
-    if live.mean_clean_length and candidate.mean_clean_length < min_ratio * live.mean_clean_length:
-        return [
-            f"answers shortened: {candidate.mean_clean_length:.1f} chars vs live "
-            f"{live.mean_clean_length:.1f}"
-        ]
-    return []
+    problems = []
+    paired = paired_clean_length_ratio(candidate, live)
+    if paired is not None and paired < min_ratio:
+        problems.append(
+            f"answers shortened: {paired:.2f} of the live adapter's length on the prompts "
+            f"neither loops on (< {min_ratio})"
+        )
+    if candidate.length_ratio is not None and live.length_ratio:
+        relative = candidate.length_ratio / live.length_ratio
+        if relative < min_ratio:
+            problems.append(
+                f"answers shortened: length ratio {candidate.length_ratio:.2f} of the references"
+                f" vs live {live.length_ratio:.2f} ({relative:.2f} < {min_ratio})"
+            )
+    return problems

@@ -60,8 +60,10 @@ def test_a_failed_round_leaves_the_deployed_adapter_serving(config: LoopdConfig)
 
 
 def test_the_gate_rejects_an_adapter_that_cures_loops_by_truncating(config: LoopdConfig) -> None:
-    """Chosen = the output cut before its loop teaches "stop early": fewer loops, even a
-    lower CER than the looping base, and still a regression the gate must refuse."""
+    """Chosen = the output cut before its loop, trained as a finished answer, teaches
+    "stop early": fewer loops, even a lower CER than the looping base, and still a
+    regression the gate must refuse. (loopd itself trains a cut that ends mid-sentence
+    without the end token, so this adapter is made on purpose: every cut marked ended.)"""
     cfg = config.model_copy(
         update={
             "pairing": config.pairing.model_copy(
@@ -76,6 +78,7 @@ def test_the_gate_rejects_an_adapter_that_cures_loops_by_truncating(config: Loop
         cfg, inputs, backend=LocalBackend(inputs.base_model, threads=1), store=Store(cfg.db_path)
     )
     loop.sample_round()
+    loop.store.db.execute("UPDATE pairs SET chosen_eos = 1")
     report = loop.training_round()
     candidate, live = report.decision.candidate, report.decision.live
     assert candidate.degeneration_rate < live.degeneration_rate / 2  # loops "fixed"

@@ -25,4 +25,6 @@ def check_file(args: argparse.Namespace) -> int:
             print(f"  {problem}")
         return 1
     print(f"{args.file}: ok (state_dir={cfg.state_dir}, serving={cfg.serving.backend})")
+    for note in cfg.advice():
+        print(f"  advice: {note}")
     return 0
