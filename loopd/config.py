@@ -140,6 +140,14 @@ class TrainingConfig(Section):
         "answer do not fit is dropped and counted; an over-long rejected loop is cut to fit "
         "(its start is what teaches) and counted.",
     )
+    max_loop_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Tokens of a rejected loop kept after the loop starts; the rest is cut "
+        "(and counted as rejected_cut). The first repeats are where the model chose to loop; "
+        "the hundredth repeat teaches nothing and costs attention quadratic in length. "
+        "Unset: keep the whole loop (up to max_length).",
+    )
     lora_rank: int = Field(8, gt=0, description="LoRA rank of a new adapter.")
     lora_alpha: int = Field(16, gt=0, description="LoRA alpha of a new adapter.")
     lora_dropout: Probability = Field(0.0, description="LoRA dropout.")

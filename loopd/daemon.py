@@ -92,13 +92,8 @@ class Daemon:
     # -- life cycle ------------------------------------------------------------
 
     def start(self) -> None:
-        restored = self.loop.deployer.restore()
-        removed = self.loop.registry.clean_staging()
-        self.loop.store.interrupt_running_rounds()
-        log.info(
-            "daemon starting",
-            extra={"live_version": restored and restored.version, "staging_removed": removed},
-        )
+        restored = self.loop.recover()
+        log.info("daemon starting", extra={"live_version": restored and restored.version})
         self.http = _serve_http(self, self.cfg.daemon.host, self.cfg.daemon.port)
         self._schedule("sample", self.loop.sample_round, self.cfg.sampling.interval_seconds)
         self._schedule("train", self.train_if_ready, self.cfg.daemon.train_check_seconds)

@@ -10,6 +10,8 @@ test can drive whole cycles with no sleeps and no network.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import shutil
@@ -44,6 +46,8 @@ from loopd.types import (
 )
 
 log = logging.getLogger(__name__)
+EVALUATIONS_KEPT = 8  # held-out reports remembered, by serving name
+REPEATED_FAILURES = 2  # the same failure this many times in a row stops retries
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,26 @@ class Loop:
         self.registry = AdapterRegistry(cfg.adapters_dir)
         self.deployer = Deployer(backend, store, prefix=cfg.deploy.adapter_prefix)
         self.cancel = threading.Event()  # set on shutdown: a running round is stopped
+        self._blocked_logged: str | None = None
+        self._evaluations: dict[str | None, EvalReport] = {}
+
+    def recover(self) -> AdapterVersion | None:
+        """After a (re)start: load the live adapter, drop half-written rounds' leftovers.
+
+        Returns the live version (None: the bare base model serves).
+        """
+        live = self.deployer.restore()
+        removed = self.registry.clean_staging()
+        interrupted = self.store.interrupt_running_rounds()
+        log.info(
+            "recovered",
+            extra={
+                "live_version": live and live.version,
+                "staging_removed": removed,
+                "rounds_interrupted": interrupted,
+            },
+        )
+        return live
 
     def detect(self, completion: Completion) -> Detection:
         return detector.detect(
@@ -189,23 +213,68 @@ class Loop:
     # -- train → evaluate → gate → deploy ----------------------------------------
 
     def ready_to_train(self) -> bool:
-        return self.store.count_fresh_pairs() >= self.cfg.training.min_fresh_pairs
+        if self.store.count_fresh_pairs() < self.cfg.training.min_fresh_pairs:
+            return False
+        blocked = self.training_blocked()
+        if blocked is not None and blocked != self._blocked_logged:
+            log.warning("training round not retried", extra={"reason": blocked})
+        self._blocked_logged = blocked
+        return blocked is None
+
+    def training_blocked(self) -> str | None:
+        """Why the next round would only repeat a failure, or None when it may run.
+
+        A round that failed the same way twice with the same settings, the same live
+        adapter and the same fresh pairs would fail a third time (an out-of-memory at one
+        pair per micro-batch, every pair too long, a trainer that cannot load the model):
+        it waits until one of those changes, by config or by new pairs.
+        """
+        kinds = self.store.failures_of(self._attempt_key(), limit=REPEATED_FAILURES)
+        if len(kinds) == REPEATED_FAILURES and kinds[0] is not None and len(set(kinds)) == 1:
+            return (
+                f"the last {REPEATED_FAILURES} rounds on these pairs and settings failed the "
+                f"same way ({kinds[0]}); change the training settings or wait for new pairs"
+            )
+        return None
+
+    def _attempt_key(self) -> str:
+        """What a round would try: its settings, the live adapter and the fresh pairs."""
+        fresh = [p.id for p in self.store.fresh_pairs(self.cfg.training.max_fresh_pairs)]
+        what = {
+            "training": self.cfg.training.model_dump(mode="json"),
+            "live": self.store.live_version(),
+            "fresh": sorted(fresh),
+        }
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
     def evaluate(self, adapter: str | None) -> EvalReport:
-        return evaluate(
-            self.backend,
-            self.inputs.heldout,
-            adapter=adapter,
-            max_tokens=self.cfg.serving.max_tokens,
-            detect=self.detect,
-        )
+        """The held-out report of ``adapter``, measured once per serving name.
+
+        A serving name always means the same weights (a new name per version), and the
+        held-out prompts, token limit and detector are fixed for this loop, so greedy
+        answers repeat: the live adapter's report is its report as last round's
+        candidate, which saves a whole held-out pass per round.
+        """
+        if adapter not in self._evaluations:
+            if len(self._evaluations) >= EVALUATIONS_KEPT:
+                self._evaluations.pop(next(iter(self._evaluations)))
+            self._evaluations[adapter] = evaluate(
+                self.backend,
+                self.inputs.heldout,
+                adapter=adapter,
+                max_tokens=self.cfg.serving.max_tokens,
+                detect=self.detect,
+            )
+        return self._evaluations[adapter]
 
     def training_round(self, on_progress: ProgressHook | None = None) -> RoundReport:
         fresh = self.store.fresh_pairs(self.cfg.training.max_fresh_pairs)
         replay_count = round(len(fresh) * self.cfg.training.replay_fraction)
         replay = self.store.replay_pairs(replay_count, seed=self.cfg.training.seed + len(fresh))
         live = self.deployer.live()
-        round_id = self.store.start_round(parent_version=_version_of(live))
+        round_id = self.store.start_round(
+            parent_version=_version_of(live), attempt_key=self._attempt_key()
+        )
         version = self._next_version()
         staging = self.registry.staging_dir(version)
         log.info(
@@ -327,6 +396,7 @@ class Loop:
             round_id,
             status,
             error=str(error),
+            error_kind=getattr(error, "kind", status),
             **self._round_fields(candidate, result, fresh, replay),
         )
         self.store.record_event(status, round_id=round_id, error=str(error))

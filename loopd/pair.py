@@ -86,6 +86,7 @@ def make_pair(
                 sample_id=sample.id,
                 chosen_eos=chosen.eos,
                 rejected_eos=sample.completion.finish_reason == "stop",
+                loop_start=sample.detection.loop_start,
             )
     return None
 

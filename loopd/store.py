@@ -94,17 +94,32 @@ def m002_token_logprobs(db: sqlite_utils.Database) -> None:
 
 @migrations()
 def m003_pair_endings(db: sqlite_utils.Database) -> None:
-    """Whether each side of a pair ended on its own (trained with EOS) or was cut off.
+    """Whether each side of a pair ended on its own (trained with EOS) or was cut off,
+    and where the rejected side's loop starts.
 
     Pairs stored before this were trained with EOS on both sides (TRL's default); they
     keep it on the chosen side and lose it on a rejected side the token limit cut.
     """
     db["pairs"].add_column("chosen_eos", int, not_null_default=1)
     db["pairs"].add_column("rejected_eos", int, not_null_default=0)
+    db["pairs"].add_column("loop_start", int)
     db.execute(
         "UPDATE pairs SET rejected_eos = 1 WHERE sample_id IN"
         " (SELECT id FROM samples WHERE finish_reason = 'stop')"
     )
+    db.execute(
+        "UPDATE pairs SET loop_start ="
+        " (SELECT loop_start FROM samples WHERE samples.id = pairs.sample_id)"
+    )
+
+
+@migrations()
+def m004_round_attempts(db: sqlite_utils.Database) -> None:
+    """What a round tried (``attempt_key``) and how it failed, so a failure that repeats
+    the same way with the same settings and pairs is not retried forever."""
+    db["rounds"].add_column("attempt_key", str)
+    db["rounds"].add_column("error_kind", str)
+    db["rounds"].create_index(["attempt_key"])
 
 
 class SchemaTooNewError(RuntimeError):
@@ -233,9 +248,24 @@ class Store:
 
     # -- rounds, adapters, events ----------------------------------------------
 
-    def start_round(self, *, parent_version: int | None) -> int:
-        row = {"status": "running", "started_at": self._clock(), "parent_version": parent_version}
+    def start_round(self, *, parent_version: int | None, attempt_key: str | None = None) -> int:
+        row = {
+            "status": "running",
+            "started_at": self._clock(),
+            "parent_version": parent_version,
+            "attempt_key": attempt_key,
+        }
         return self.db["rounds"].insert(row).last_pk
+
+    def failures_of(self, attempt_key: str, limit: int = 2) -> list[str | None]:
+        """Error kinds of the latest rounds that tried ``attempt_key`` (newest first);
+        None for a round that did not fail, or was interrupted by a shutdown."""
+        sql = (
+            "SELECT CASE WHEN 'interrupted' IN (status, error_kind) THEN NULL"
+            " ELSE error_kind END AS kind"
+            " FROM rounds WHERE attempt_key = ? AND status != 'running' ORDER BY id DESC LIMIT ?"
+        )
+        return [r["kind"] for r in self.db.query(sql, [attempt_key, limit])]
 
     def finish_round(self, round_id: int, status: str, **fields: Any) -> None:
         self.db["rounds"].update(
@@ -379,6 +409,7 @@ def _pair_row(pair: Pair, now: float) -> dict[str, Any]:
         "chosen_source": pair.chosen_source,
         "chosen_eos": int(pair.chosen_eos),
         "rejected_eos": int(pair.rejected_eos),
+        "loop_start": pair.loop_start,
         "trained_round": None,
         "created_at": now,
     }
@@ -394,6 +425,7 @@ def _pair_from_row(row: dict[str, Any]) -> Pair:
         id=row["id"],
         chosen_eos=bool(row["chosen_eos"]),
         rejected_eos=bool(row["rejected_eos"]),
+        loop_start=row["loop_start"],
     )
 
 

@@ -146,6 +146,7 @@ def _pair_record(pair: Pair) -> dict[str, Any]:
         "rejected": pair.rejected,
         "chosen_eos": pair.chosen_eos,
         "rejected_eos": pair.rejected_eos,
+        "loop_start": pair.loop_start,
     }
 
 

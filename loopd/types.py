@@ -110,6 +110,7 @@ class Pair:
     id: int | None = None
     chosen_eos: bool = True
     rejected_eos: bool = False
+    loop_start: int | None = None  # character offset of the loop in ``rejected``
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,28 @@ def test_a_failed_round_leaves_the_deployed_adapter_serving(config: LoopdConfig)
     assert loop.registry.versions_on_disk() == [] and not list(loop.registry.root.iterdir())
 
 
+def test_a_round_that_fails_the_same_way_twice_is_not_retried_as_is(config: LoopdConfig) -> None:
+    broken = config.model_copy(
+        update={"training": config.training.model_copy(update={"timeout_seconds": 0.5})}
+    )
+    inputs = resolve_inputs(broken)
+    backend = LocalBackend(inputs.base_model, threads=1)
+    loop = Loop(broken, inputs, backend=backend, store=Store(broken.db_path))
+    loop.sample_round()
+    assert loop.training_round().status == "failed"
+    assert loop.ready_to_train()  # one failure may be bad luck: retried
+    assert loop.training_round().status == "failed"
+    assert not loop.ready_to_train()
+    assert "failed the same way (timeout)" in loop.training_blocked()
+    [first, second] = loop.store.rounds()
+    assert first["error_kind"] == second["error_kind"] == "timeout"
+
+    fixed = Loop(config, inputs, backend=backend, store=loop.store)  # settings changed
+    assert fixed.training_blocked() is None and fixed.ready_to_train()
+    loop.sample_round()  # ... or new pairs arrived
+    assert loop.training_blocked() is None
+
+
 def test_the_gate_rejects_an_adapter_that_cures_loops_by_truncating(config: LoopdConfig) -> None:
     """Chosen = the output cut before its loop, trained as a finished answer, teaches
     "stop early": fewer loops, even a lower CER than the looping base, and still a
@@ -106,3 +128,33 @@ def test_a_refused_candidate_ends_the_round_and_keeps_serving(config: LoopdConfi
     [round_row] = loop.store.rounds()
     assert round_row["status"] == "eval_failed" and round_row["candidate_version"] == 1
     assert loop.store.events()[0]["kind"] == "eval_failed"
+
+
+class CountingBackend(LocalBackend):
+    """Real serving that records each ``generate`` call's requests."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls: list[list] = []
+
+    def generate(self, requests):
+        self.calls.append(list(requests))
+        return super().generate(requests)
+
+
+def test_pairing_asks_for_every_resample_in_one_batched_call(config: LoopdConfig) -> None:
+    cfg = config.model_copy(
+        update={
+            "pairing": config.pairing.model_copy(update={"chosen_order": ["resample", "truncate"]})
+        }
+    )
+    inputs = resolve_inputs(cfg)
+    backend = CountingBackend(inputs.base_model, threads=1)
+    loop = Loop(cfg, inputs, backend=backend, store=Store(cfg.db_path))
+    report = loop.sample_round()
+    sampling, resampling = backend.calls
+    assert len(sampling) == cfg.sampling.prompts_per_round
+    assert len(resampling) == report.degenerate > 0  # one request per loop, all at once
+    assert all(r.n == cfg.pairing.resample_attempts and r.temperature > 0 for r in resampling)
+    sources = {r["chosen_source"] for r in loop.store.db.query("SELECT chosen_source FROM pairs")}
+    assert sources <= {"resample", "truncate"} and report.pairs > 0

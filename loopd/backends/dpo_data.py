@@ -21,7 +21,7 @@ are exactly the loops. So loopd tokenizes here and hands TRL ids:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from transformers import PreTrainedTokenizerBase
 
@@ -52,40 +52,68 @@ def prompt_from_record(fields: dict[str, Any]) -> Prompt:
     return Prompt(**{**fields, "messages": tuple(messages) if messages else None})
 
 
+class _Sides(NamedTuple):
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+    misaligned: bool
+    loop_at: int | None  # token index into ``rejected`` where its loop starts
+
+
 def encode_pairs(
     records: list[dict[str, Any]],
     tokenizer: PreTrainedTokenizerBase,
     *,
     end_token_id: int,
     max_length: int,
+    max_loop_tokens: int | None = None,
 ) -> EncodedPairs:
-    """Token ids of every pair that can be trained within ``max_length``."""
+    """Token ids of every pair that can be trained within ``max_length``.
+
+    ``max_loop_tokens`` cuts a rejected answer that many tokens after its loop starts
+    (when the pair knows where that is): the rejected side's length is then the model's
+    way *into* the loop, not the token limit's.
+    """
     encoded = EncodedPairs()
     for record in records:
-        prompt_text = render_prompt(tokenizer, prompt_from_record(record["prompt"]))
-        prompt_ids = encode_text(tokenizer, prompt_text)
-        chosen_full = encode_text(tokenizer, prompt_text + record["chosen"])
-        rejected_full = encode_text(tokenizer, prompt_text + record["rejected"])
-        cut = min(
-            _common_prefix(prompt_ids, chosen_full), _common_prefix(prompt_ids, rejected_full)
-        )
-        encoded.misaligned += cut < len(prompt_ids)
-        chosen = chosen_full[cut:] + ([end_token_id] if record.get("chosen_eos", True) else [])
-        rejected = rejected_full[cut:] + ([end_token_id] if record.get("rejected_eos") else [])
-        room = max_length - cut
-        if len(chosen) > room:
+        sides = _split(record, tokenizer, end_token_id)
+        encoded.misaligned += sides.misaligned
+        room = max_length - len(sides.prompt)
+        if len(sides.chosen) > room:
             encoded.dropped_overlong += 1
             continue
-        if len(rejected) > room:
-            rejected = rejected[:room]
-            if chosen[: len(rejected)] == rejected:  # nothing left that differs
-                encoded.dropped_overlong += 1
-                continue
-            encoded.rejected_cut += 1
+        if max_loop_tokens is not None and sides.loop_at is not None:
+            room = min(room, sides.loop_at + max_loop_tokens)
+        rejected = sides.rejected[:room]
+        if sides.chosen[: len(rejected)] == rejected:  # the cut left nothing that differs
+            encoded.dropped_overlong += 1
+            continue
+        encoded.rejected_cut += len(rejected) < len(sides.rejected)
         encoded.rows.append(
-            {"prompt_ids": prompt_ids[:cut], "chosen_ids": chosen, "rejected_ids": rejected}
+            {"prompt_ids": sides.prompt, "chosen_ids": sides.chosen, "rejected_ids": rejected}
         )
     return encoded
+
+
+def _split(record: dict[str, Any], tokenizer: PreTrainedTokenizerBase, end_id: int) -> _Sides:
+    """Prompt, chosen and rejected ids, split where prompt and prompt + answer agree."""
+    prompt_text = render_prompt(tokenizer, prompt_from_record(record["prompt"]))
+    prompt_ids = encode_text(tokenizer, prompt_text)
+    chosen = encode_text(tokenizer, prompt_text + record["chosen"])
+    rejected = encode_text(tokenizer, prompt_text + record["rejected"])
+    cut = min(_common_prefix(prompt_ids, chosen), _common_prefix(prompt_ids, rejected))
+    loop_start = record.get("loop_start")
+    loop_at = None
+    if loop_start is not None:
+        head = encode_text(tokenizer, prompt_text + record["rejected"][:loop_start])
+        loop_at = max(0, len(head) - cut)
+    return _Sides(
+        prompt=prompt_ids[:cut],
+        chosen=chosen[cut:] + ([end_id] if record.get("chosen_eos", True) else []),
+        rejected=rejected[cut:] + ([end_id] if record.get("rejected_eos") else []),
+        misaligned=cut < len(prompt_ids),
+        loop_at=loop_at,
+    )
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -153,7 +153,11 @@ def train(job: dict[str, Any]) -> dict[str, Any]:
         tokenizer.pad_token = tokenizer.eos_token
     end_ids = end_token_ids(tokenizer, Path(job["base_model"]))
     encoded = encode_pairs(
-        job["pairs"], tokenizer, end_token_id=end_ids[0], max_length=cfg["max_length"]
+        job["pairs"],
+        tokenizer,
+        end_token_id=end_ids[0],
+        max_length=cfg["max_length"],
+        max_loop_tokens=cfg["max_loop_tokens"],
     )
     if not encoded.rows:
         raise RoundFailed(

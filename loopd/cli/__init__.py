@@ -10,9 +10,9 @@ import argparse
 import sys
 import warnings
 
-from loopd.cli import config, demo, detect, run, status
+from loopd.cli import config, demo, detect, model, rounds, run, status
 
-COMMANDS = (run, demo, detect, status, config)
+COMMANDS = (run, rounds, demo, detect, status, config, model)
 
 
 def build_parser() -> argparse.ArgumentParser:
