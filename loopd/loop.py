@@ -343,8 +343,8 @@ class Loop:
             round_id=round_id,
             promote=decision.promote,
             reason=decision.reason,
-            candidate=asdict(decision.candidate),
-            live=asdict(decision.live),
+            candidate=_summary(decision.candidate),
+            live=_summary(decision.live),
         )
         status = "promoted" if decision.promote else "rejected"
         try:
@@ -416,6 +416,11 @@ class Loop:
                 "final_loss": result.final_loss,
             }
         return fields
+
+
+def _summary(report: EvalReport) -> dict[str, object]:
+    """An evaluation without its per-prompt answers, as events keep it."""
+    return {k: v for k, v in asdict(report).items() if k != "answers"}
 
 
 def _version_of(adapter: AdapterVersion | None) -> int | None:

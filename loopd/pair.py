@@ -102,7 +102,7 @@ def _chosen_from(
         reference = sample.prompt.reference
         if not reference:
             return None
-        return Chosen(_in_completion_form(reference, sample.completion.text), eos=True)
+        return Chosen(in_completion_form(reference, sample.completion.text), eos=True)
     if source == "resample":
         ended = [c for c in resamples if _is_clean_answer(c, detect)]
         return Chosen(ended[0].text, eos=True) if ended else None
@@ -119,7 +119,7 @@ def _is_clean_answer(completion: Completion, detect: Detector) -> bool:
     return ended and bool(completion.text.strip()) and not detect(completion).degenerate
 
 
-def _in_completion_form(reference: str, completion: str) -> str:
+def in_completion_form(reference: str, completion: str) -> str:
     """The reference, opened with the whitespace the model itself emits after the prompt.
 
     Training concatenates prompt and answer; a reference written without the separating

@@ -101,6 +101,15 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[in
     return encode_text(tokenizer, render_prompt(tokenizer, prompt))
 
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading ids two encodings share: where a prompt's ids end inside prompt +
+    answer (BPE may merge across the boundary, so not always at ``len(prompt)``)."""
+    for index, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return index
+    return min(len(a), len(b))
+
+
 def end_token_ids(tokenizer: PreTrainedTokenizerBase, model_dir: Path | None) -> list[int]:
     """Every id that ends a generation: the generation config's, then the tokenizer's.
 

@@ -220,6 +220,10 @@ class Store:
     def fresh_pairs(self, limit: int) -> list[Pair]:
         return self._pairs_where("q.trained_round IS NULL ORDER BY q.id DESC LIMIT ?", [limit])
 
+    def trained_pairs(self) -> list[Pair]:
+        """Every pair some round has trained on, oldest first."""
+        return self._pairs_where("q.trained_round IS NOT NULL ORDER BY q.id", [])
+
     def count_fresh_pairs(self) -> int:
         return self.db["pairs"].count_where("trained_round IS NULL")
 

@@ -114,7 +114,7 @@ def _job(
     return {
         "base_model": str(base_model),
         "init_adapter": None if init_adapter is None else str(init_adapter),
-        "pairs": [_pair_record(p) for p in pairs],
+        "pairs": [pair_record(p) for p in pairs],
         "out_dir": str(out_dir),
         "training": cfg.model_dump(),
         "micro_batch_cap": cap,
@@ -139,7 +139,7 @@ def _attempt(
     return TrainResult(adapter_dir=Path(job["out_dir"]), **result)
 
 
-def _pair_record(pair: Pair) -> dict[str, Any]:
+def pair_record(pair: Pair) -> dict[str, Any]:
     return {
         "prompt": asdict(pair.prompt),
         "chosen": pair.chosen,

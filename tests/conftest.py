@@ -6,13 +6,15 @@ ships, built locally in about half a minute, and a real transformers+PEFT backen
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loopd.backends.local import LocalBackend
 from loopd.config import LoopdConfig
@@ -88,3 +90,20 @@ def make_adapter(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         return folder
 
     return make
+
+
+@pytest.fixture(scope="session")
+def with_generation_eos(base_model: Path) -> Callable[[Path, str], tuple[Path, int]]:
+    """``with_generation_eos(folder, word)``: a copy of the embedded model at ``folder``
+    whose generation config ends on ``word`` too (as Llama 3 lists several end ids)."""
+
+    def copy(folder: Path, word: str) -> tuple[Path, int]:
+        shutil.copytree(base_model, folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        extra = tokenizer.convert_tokens_to_ids(f"▁{word}")
+        config = json.loads((folder / "generation_config.json").read_text())
+        config["eos_token_id"] = [tokenizer.eos_token_id, extra]
+        (folder / "generation_config.json").write_text(json.dumps(config))
+        return folder, extra
+
+    return copy

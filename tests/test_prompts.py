@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -27,23 +26,12 @@ def test_a_template_that_writes_bos_gets_no_second_one(base_model: Path) -> None
     assert plain[0] == bos and plain.count(bos) == 1  # plain text still gets its BOS
 
 
-def with_generation_eos(base_model: Path, folder: Path, extra_word: str) -> tuple[Path, int]:
-    """A copy of the embedded model whose generation config ends on ``extra_word`` too."""
-    shutil.copytree(base_model, folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    extra = tokenizer.convert_tokens_to_ids(f"▁{extra_word}")
-    config = json.loads((folder / "generation_config.json").read_text())
-    config["eos_token_id"] = [tokenizer.eos_token_id, extra]
-    (folder / "generation_config.json").write_text(json.dumps(config))
-    return folder, extra
-
-
 def test_every_end_id_of_the_generation_config_ends_a_local_generation(
-    base_model: Path, embedded_dir: Path, tmp_path: Path
+    embedded_dir: Path, tmp_path: Path, with_generation_eos
 ) -> None:
     row = json.loads((embedded_dir / "heldout.jsonl").open().readline())
     words = row["reference"].split()
-    folder, extra = with_generation_eos(base_model, tmp_path / "m", words[2])
+    folder, extra = with_generation_eos(tmp_path / "m", words[2])
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert end_token_ids(tokenizer, folder) == [tokenizer.eos_token_id, extra]
     backend = LocalBackend(folder, threads=1)

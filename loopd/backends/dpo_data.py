@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from transformers import PreTrainedTokenizerBase
 
-from loopd.prompts import encode_text, render_prompt
+from loopd.prompts import common_prefix, encode_text, render_prompt
 from loopd.types import Prompt
 
 
@@ -101,7 +101,7 @@ def _split(record: dict[str, Any], tokenizer: PreTrainedTokenizerBase, end_id: i
     prompt_ids = encode_text(tokenizer, prompt_text)
     chosen = encode_text(tokenizer, prompt_text + record["chosen"])
     rejected = encode_text(tokenizer, prompt_text + record["rejected"])
-    cut = min(_common_prefix(prompt_ids, chosen), _common_prefix(prompt_ids, rejected))
+    cut = min(common_prefix(prompt_ids, chosen), common_prefix(prompt_ids, rejected))
     loop_start = record.get("loop_start")
     loop_at = None
     if loop_start is not None:
@@ -114,10 +114,3 @@ def _split(record: dict[str, Any], tokenizer: PreTrainedTokenizerBase, end_id: i
         misaligned=cut < len(prompt_ids),
         loop_at=loop_at,
     )
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    for index, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return index
-    return min(len(a), len(b))

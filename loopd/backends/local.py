@@ -21,8 +21,14 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loopd.backends import AdapterLoadError
-from loopd.prompts import encode_prompt, end_token_ids
-from loopd.types import Completion, GenerationRequest
+from loopd.prompts import (
+    common_prefix,
+    encode_prompt,
+    encode_text,
+    end_token_ids,
+    render_prompt,
+)
+from loopd.types import Completion, GenerationRequest, Prompt
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +146,29 @@ class LocalBackend:
             "eos_token_id": self.end_ids,
             "pad_token_id": self.tokenizer.pad_token_id,
         }
+
+    def answer_logprobs(
+        self, items: Sequence[tuple[Prompt, str]], *, adapter: str | None
+    ) -> list[float]:
+        """Mean log-probability per token of each answer after its prompt, under ``adapter``.
+
+        Teacher forcing, one sequence at a time: how likely the adapter finds a given
+        answer (a reference, or another adapter's clean answer), which falls when an
+        adapter forgets how to answer even where it no longer loops.
+        """
+        scores = []
+        with self._lock, self._adapter(adapter), torch.inference_mode():
+            for prompt, answer in items:
+                head = encode_prompt(self.tokenizer, prompt)
+                text = render_prompt(self.tokenizer, prompt) + answer
+                ids = [*encode_text(self.tokenizer, text), self.end_ids[0]]
+                start = max(1, min(common_prefix(head, ids), len(ids) - 1))
+                logits = self._generator()(torch.tensor([ids])).logits[0, start - 1 : -1]
+                picked = torch.log_softmax(logits.float(), -1).gather(
+                    1, torch.tensor(ids[start:]).unsqueeze(1)
+                )
+                scores.append(picked.mean().item())
+        return scores
 
     def _generator(self) -> torch.nn.Module:
         return self._peft if self._peft is not None else self.model

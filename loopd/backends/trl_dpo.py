@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from loopd.backends.dpo_data import encode_pairs
@@ -182,6 +182,7 @@ def train(job: dict[str, Any]) -> dict[str, Any]:
             peft_config=lora,
             callbacks=[progress],
         )
+        trainer.remove_callback(PrinterCallback)  # stdout is the JSON channel to the parent
         output = trainer.train()
     seconds = time.perf_counter() - started
     trainer.model.save_pretrained(job["out_dir"], selected_adapters=["default"])
