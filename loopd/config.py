@@ -83,6 +83,21 @@ class PairingConfig(Section):
     min_truncated_chars: int = Field(
         8, ge=1, description="A chosen cut before the loop must keep at least this much text."
     )
+    truncated_eos: Literal["never", "at_boundary"] = Field(
+        "never",
+        description="Whether a chosen cut before the loop is trained as a finished answer "
+        "(end token after it) when the cut falls on a sentence or line end. 'never': the pair "
+        "only teaches 'do not repeat here'. Measured on SmolLM2: 'at_boundary' halved "
+        "held-out loops in one round but shortened answers on prompts that never looped by "
+        "35-43%, since 'stop after a line' generalizes (README, 'A real model').",
+    )
+    truncate_at: Literal["sentence", "first_repeat"] = Field(
+        "sentence",
+        description="Where a truncated chosen answer ends. 'sentence': at the last sentence "
+        "or line end before the loop. 'first_repeat': after the loop's first occurrence, so "
+        "chosen and rejected differ only in the repeats (never trained with an end token). "
+        "Measured on SmolLM2: 'first_repeat' cut held-out loops 4x more in one round.",
+    )
 
     @model_validator(mode="after")
     def _unique_sources(self) -> PairingConfig:
@@ -114,8 +129,8 @@ class TrainingConfig(Section):
         2e-3,
         gt=0.0,
         le=1.0,
-        description="AdamW learning rate (suits the embedded tiny model; use ~1e-5 to 5e-5 "
-        "for models of 100M+ parameters).",
+        description="AdamW learning rate of the LoRA (suits the embedded tiny model; a "
+        "rank-8 LoRA on SmolLM2-135M needed 5e-4: 5e-5 and 2e-4 barely moved it).",
     )
     epochs: float = Field(2.0, gt=0.0, description="Passes over the round's pairs.")
     batch_size: int = Field(8, gt=0, description="Pairs per optimizer step.")

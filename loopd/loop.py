@@ -81,14 +81,18 @@ class RoundReport:
 def resolve_inputs(
     cfg: LoopdConfig, progress: Callable[[int, int, float], None] | None = None
 ) -> Inputs:
-    """Fill unset model/prompt paths with the embedded default, building it if needed."""
-    embedded = None
-    if cfg.model.base is None or not cfg.sampling.prompts or cfg.gate.heldout is None:
+    """The model and prompt files the config names, or the whole embedded default.
+
+    Config validation allows only the two (a real model with the embedded prompts would
+    run and measure nothing); the embedded default is built here on first use.
+    """
+    if cfg.model.base is None:
         spec = EmbeddedSpec(seed=cfg.model.embedded_seed)
         embedded = ensure_embedded(cfg.embedded_dir, spec, progress)
-    base = cfg.model.base or embedded / MODEL_DIRNAME
-    train_files = cfg.sampling.prompts or [embedded / TRAIN_FILE]
-    heldout_file = cfg.gate.heldout or embedded / HELDOUT_FILE
+        base, train_files = embedded / MODEL_DIRNAME, [embedded / TRAIN_FILE]
+        heldout_file = embedded / HELDOUT_FILE
+    else:
+        base, train_files, heldout_file = cfg.model.base, cfg.sampling.prompts, cfg.gate.heldout
     train = [p for path in train_files for p in read_prompts(path)]
     heldout = read_prompts(heldout_file)
     overlap = {p.id for p in train} & {p.id for p in heldout}
@@ -179,6 +183,8 @@ class Loop:
                 resamples=resamples.get(s.id, ()),
                 detect=self.detect,
                 min_truncated_chars=self.cfg.pairing.min_truncated_chars,
+                truncated_eos=self.cfg.pairing.truncated_eos,
+                truncate_at=self.cfg.pairing.truncate_at,
             )
             for s in samples
         ]

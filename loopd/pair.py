@@ -10,9 +10,12 @@ The chosen side is made by the first source in the configured order that can mak
   asks for them; ``wants_resample`` says which samples need one), because serving one
   prompt at a time leaves a batching server nearly idle;
 - ``truncate``: the degenerate output cut just before its loop, closed at the last
-  sentence or line boundary, so the pair teaches "stop here" rather than "stop anywhere".
-  Cut at a boundary it is an ending and keeps the end token; cut at a mere word boundary
-  it is trained without one.
+  sentence or line boundary. By default it is trained without the end token: the pair
+  teaches "do not repeat here", not "stop here", because on a real model "stop after a
+  line" spread to answers that never looped (``pairing.truncated_eos``). A cut at a mere
+  word boundary is never trained with one. With ``pairing.truncate_at = "first_repeat"``
+  the cut keeps the loop's first occurrence instead, so chosen and rejected differ only
+  in the repeats: the pair pushes down repeating and nothing the model wrote before it.
 
 Each pair records which source made its chosen answer and whether each side ended. A
 sample for which no source works is still marked handled (and stays stored and counted),
@@ -56,6 +59,23 @@ def cut_before_loop(text: str, loop_start: int, *, min_chars: int) -> Chosen | N
     return Chosen(head, at_boundary or bool(_ENDS_AT_BOUNDARY.search(head)))
 
 
+def cut_at_first_repeat(text: str, detection: Detection, *, min_chars: int) -> Chosen | None:
+    """The text up to where the loop's unit first repeats: an unfinished answer.
+
+    ``period`` is in characters except for token cycles, where one repetition's length is
+    recovered from the run's length over its repeat count.
+    """
+    start, repeats = detection.loop_start, detection.repeats
+    if start is None or not repeats or repeats <= 1:
+        return None
+    if detection.rule == "token_cycle" or not detection.period:
+        unit = round((len(text.rstrip()) - start) / repeats)
+    else:
+        unit = detection.period
+    head = text[: start + max(unit, 1)]
+    return Chosen(head, eos=False) if len(head.strip()) >= min_chars else None
+
+
 def wants_resample(sample: Sample, order: Sequence[str]) -> bool:
     """Whether pairing ``sample`` may reach the ``resample`` source (earlier ones fail)."""
     for source in order:
@@ -73,10 +93,19 @@ def make_pair(
     resamples: Sequence[Completion],
     detect: Detector,
     min_truncated_chars: int,
+    truncated_eos: str = "never",
+    truncate_at: str = "sentence",
 ) -> Pair | None:
-    """The first chosen answer that ``order`` allows, paired with the sample's loop."""
+    """The first chosen answer that ``order`` allows, paired with the sample's loop.
+
+    ``truncated_eos`` (``pairing.truncated_eos``): "never" trains a cut answer without the
+    end token; "at_boundary" with it when the cut fell on a sentence or line end.
+    ``truncate_at`` (``pairing.truncate_at``): where that cut is made.
+    """
     for source in order:
-        chosen = _chosen_from(source, sample, resamples, detect, min_truncated_chars)
+        chosen = _chosen_from(source, sample, resamples, detect, min_truncated_chars, truncate_at)
+        if chosen and source == "truncate" and truncated_eos == "never":
+            chosen = chosen._replace(eos=False)
         if chosen and chosen.text != sample.completion.text:
             return Pair(
                 prompt=sample.prompt,
@@ -97,6 +126,7 @@ def _chosen_from(
     resamples: Sequence[Completion],
     detect: Detector,
     min_chars: int,
+    truncate_at: str,
 ) -> Chosen | None:
     if source == "reference":
         reference = sample.prompt.reference
@@ -106,6 +136,8 @@ def _chosen_from(
     if source == "resample":
         ended = [c for c in resamples if _is_clean_answer(c, detect)]
         return Chosen(ended[0].text, eos=True) if ended else None
+    if source == "truncate" and truncate_at == "first_repeat":
+        return cut_at_first_repeat(sample.completion.text, sample.detection, min_chars=min_chars)
     if source == "truncate" and sample.detection.loop_start is not None:
         return cut_before_loop(
             sample.completion.text, sample.detection.loop_start, min_chars=min_chars

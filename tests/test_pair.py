@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from loopd.pair import Chosen, cut_before_loop, make_pair, wants_resample
+from loopd.detect import detect
+from loopd.pair import Chosen, cut_at_first_repeat, cut_before_loop, make_pair, wants_resample
 from loopd.types import Completion, Detection, Prompt, Sample
 
 LOOPED = " The cat sat. It was warm warm warm warm warm"
@@ -12,7 +13,7 @@ ORDER = ["reference", "resample", "truncate"]
 
 def sample(reference: str | None, finish: str = "length") -> Sample:
     prompt = Prompt(id="p", text="Story:", reference=reference)
-    detection = Detection(degenerate=True, rule="tail_cycle", loop_start=START, period=5)
+    detection = Detection(degenerate=True, rule="tail_cycle", loop_start=START, period=5, repeats=5)
     return Sample(7, prompt, Completion("p", LOOPED, finish), detection, 0.0)
 
 
@@ -22,6 +23,33 @@ def clean(completion: Completion) -> Detection:
 
 def loops_if_says_loop(completion: Completion) -> Detection:
     return Detection(degenerate="loop" in completion.text)
+
+
+def test_a_cut_answer_is_trained_without_the_end_token_unless_asked() -> None:
+    cut = make_pair(sample(None), order=["truncate"], resamples=[], detect=clean,
+                    min_truncated_chars=5)  # fmt: skip
+    assert (cut.chosen, cut.chosen_eos) == (" The cat sat.", False)
+    ended = make_pair(sample(None), order=["truncate"], resamples=[], detect=clean,
+                      min_truncated_chars=5, truncated_eos="at_boundary")  # fmt: skip
+    assert ended.chosen_eos
+
+
+def test_first_repeat_cut_keeps_one_occurrence_so_the_pair_differs_only_in_repeats() -> None:
+    text = "Fruits:\n1. Apple\n2. Pear\n" + "3. Plum is good.\n" * 12
+    found = detect(text)
+    cut = cut_at_first_repeat(text, found, min_chars=5)
+    assert cut == Chosen("Fruits:\n1. Apple\n2. Pear\n3. Plum is good.\n", eos=False)
+    assert text.startswith(cut.text)
+    pair = make_pair(sample(None), order=["truncate"], resamples=[], detect=clean,
+                     min_truncated_chars=5, truncate_at="first_repeat")  # fmt: skip
+    assert (pair.chosen, pair.chosen_eos) == (" The cat sat. It was warm ", False)
+
+
+def test_first_repeat_cut_of_a_token_cycle_measures_the_unit_from_the_run() -> None:
+    text = "ab" + "xyz" * 10
+    cycle = Detection(degenerate=True, rule="token_cycle", loop_start=2, period=1, repeats=10)
+    assert cut_at_first_repeat(text, cycle, min_chars=2) == Chosen("abxyz", eos=False)
+    assert cut_at_first_repeat(text, cycle, min_chars=6) is None
 
 
 def test_cut_closes_at_the_last_sentence_boundary() -> None:
