@@ -2,6 +2,8 @@
 
     python bench/efficacy.py --model embedded --quick            # CI size, ~2 min
     python bench/efficacy.py --model smollm2 --json out.json     # real model, hours on CPU
+    python bench/efficacy.py --model smollm2 --reuse state/smollm2 \
+        --reuse-report state/smollm2/rounds.json                  # score a `loopd rounds` run
 
 Rows, all answered greedily by the same in-process engine on the held-out prompts (never
 trained on) of the model's config:
@@ -193,7 +195,23 @@ class LoopdRun:
 def run_loopd(cfg: LoopdConfig, rounds: int) -> LoopdRun:
     rows = run_rounds(cfg, rounds=rounds, on_round=lambda r: print(f"  loopd round {r.round}: "
                       f"{r.degeneration_rate:.1%} {r.decision[:100]}", flush=True))  # fmt: skip
-    store = Store(cfg.db_path)
+    return finished_run(cfg.db_path, rows)
+
+
+def reused_run(state_dir: Path, report: Path | None) -> LoopdRun:
+    """A finished ``loopd rounds`` run on the same config: its adapters, pairs and rows.
+
+    Training rounds on a CPU take most of a full SmolLM2 run; scoring them again from
+    their store costs only the held-out answers.
+    """
+    rows = []
+    if report is not None:
+        rows = [RoundRow(**row) for row in json.loads(report.read_text())["rounds"]]
+    return finished_run(state_dir / "loopd.db", rows)
+
+
+def finished_run(db_path: Path, rows: list[RoundRow]) -> LoopdRun:
+    store = Store(db_path)
     live_after, live = [], None
     by_id = {r["id"]: r for r in store.rounds(limit=1000)}
     for round_id in sorted(by_id):
@@ -292,12 +310,23 @@ def main() -> None:
     parser.add_argument("--state", type=Path, default=REPO / "state", help="state folder")
     parser.add_argument("--json", type=Path, help="write rows and loopd's round table here")
     parser.add_argument("--plot", type=Path, help="PNG (default STATE/efficacy-MODEL.png)")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        help="state_dir of a finished `loopd rounds` "
+        "run on the model's config: score its adapters, do not train again",
+    )
+    parser.add_argument("--reuse-report", type=Path, help="that run's --report JSON (rows)")
     args = parser.parse_args()
     started = time.monotonic()
     cfg = bench_config(args)
     heldout = read_prompts(cfg.gate.heldout)
-    print(f"loopd's rounds on {args.model} ({len(heldout)} held-out prompts)", flush=True)
-    run = run_loopd(cfg, args.rounds)
+    if args.reuse:
+        print(f"loopd's rounds on {args.model}: reused from {args.reuse}", flush=True)
+        run = reused_run(args.reuse, args.reuse_report)
+    else:
+        print(f"loopd's rounds on {args.model} ({len(heldout)} held-out prompts)", flush=True)
+        run = run_loopd(cfg, args.rounds)
     bench = Bench(cfg, heldout)
     print("rows", flush=True)
     bench.base = bench.answer()
