@@ -158,7 +158,8 @@ class TrainingConfig(Section):
     max_loop_tokens: int | None = Field(
         None,
         gt=0,
-        description="Tokens of a rejected loop kept after the loop starts; the rest is cut "
+        description="Tokens of a rejected loop kept after the loop starts (or after it "
+        "departs from the chosen answer, when that is later); the rest is cut "
         "(and counted as rejected_cut). The first repeats are where the model chose to loop; "
         "the hundredth repeat teaches nothing and costs attention quadratic in length. "
         "Unset: keep the whole loop (up to max_length).",

@@ -64,8 +64,22 @@ def test_max_loop_tokens_keeps_the_way_into_the_loop(tokenizer) -> None:
     loop_start = LOOP.index(" river river")
     encoded = encode(tokenizer, [record(loop_start=loop_start)], max_loop_tokens=4)
     [row] = encoded.rows
-    assert tokenizer.decode(row["rejected_ids"]) == " amber river river river river"  # 1 + 4
+    # the chosen " amber river" shares the loop's first word: 4 tokens past that
+    assert tokenizer.decode(row["rejected_ids"]) == " amber river river river river river"
     assert encoded.rejected_cut == 1
+
+
+def test_max_loop_tokens_count_from_where_a_shared_first_occurrence_ends(tokenizer) -> None:
+    """A chosen cut after the loop's first unit shares it; a unit longer than the
+    limit must still leave repeats that differ (it once dropped such pairs)."""
+    unit = " the amber river runs past the old stone mill and on"
+    rejected = " Story:" + unit * 6
+    chosen = " Story:" + unit
+    encoded = encode(tokenizer, [record(chosen=chosen, rejected=rejected, chosen_eos=False,
+                                        loop_start=len(" Story:"))], max_loop_tokens=4)  # fmt: skip
+    [row] = encoded.rows
+    assert len(row["rejected_ids"]) == len(row["chosen_ids"]) + 4
+    assert row["rejected_ids"][: len(row["chosen_ids"])] == row["chosen_ids"]
 
 
 def test_answers_glued_onto_the_prompt_are_counted(tokenizer) -> None:

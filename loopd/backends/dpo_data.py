@@ -71,8 +71,9 @@ def encode_pairs(
     """Token ids of every pair that can be trained within ``max_length``.
 
     ``max_loop_tokens`` cuts a rejected answer that many tokens after its loop starts
-    (when the pair knows where that is): the rejected side's length is then the model's
-    way *into* the loop, not the token limit's.
+    (when the pair knows where that is), or after it departs from the chosen answer when
+    that is later: the rejected side's length is then the model's way *into* the loop,
+    not the token limit's, and a long repeated unit still leaves tokens that differ.
     """
     encoded = EncodedPairs()
     for record in records:
@@ -83,7 +84,10 @@ def encode_pairs(
             encoded.dropped_overlong += 1
             continue
         if max_loop_tokens is not None and sides.loop_at is not None:
-            room = min(room, sides.loop_at + max_loop_tokens)
+            # Count from where rejected departs from chosen when that is later than the
+            # loop's start (a chosen cut after the loop's first occurrence shares it).
+            departs = common_prefix(sides.chosen, sides.rejected)
+            room = min(room, max(sides.loop_at, departs) + max_loop_tokens)
         rejected = sides.rejected[:room]
         if sides.chosen[: len(rejected)] == rejected:  # the cut left nothing that differs
             encoded.dropped_overlong += 1

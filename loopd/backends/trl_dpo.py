@@ -162,8 +162,9 @@ def train(job: dict[str, Any]) -> dict[str, Any]:
     if not encoded.rows:
         raise RoundFailed(
             "no_trainable_pairs",
-            f"all {encoded.dropped_overlong} pairs have a prompt + chosen answer longer than "
-            f"training.max_length={cfg['max_length']}; raise it",
+            f"all {encoded.dropped_overlong} pairs are too long for training.max_length="
+            f"{cfg['max_length']} (prompt + chosen answer, or the first tokens where the "
+            "rejected loop differs from it); raise it",
         )
     plan = plan_round(job, encoded.longest)
     emit("plan", **_plan_fields(plan))
