@@ -3,7 +3,7 @@
     python bench/efficacy.py --model embedded --quick            # CI size, ~2 min
     python bench/efficacy.py --model smollm2 --json out.json     # real model, hours on CPU
     python bench/efficacy.py --model smollm2 --reuse state/smollm2 \
-        --reuse-report state/smollm2/rounds.json                  # score a `loopd rounds` run
+        --reuse-report REPORT.json        # score a `loopd rounds --report REPORT.json` run
 
 Rows, all answered greedily by the same in-process engine on the held-out prompts (never
 trained on) of the model's config:

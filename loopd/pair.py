@@ -103,9 +103,10 @@ def make_pair(
     ``truncate_at`` (``pairing.truncate_at``): where that cut is made.
     """
     for source in order:
-        chosen = _chosen_from(source, sample, resamples, detect, min_truncated_chars, truncate_at)
-        if chosen and source == "truncate" and truncated_eos == "never":
-            chosen = chosen._replace(eos=False)
+        if source == "truncate":
+            chosen = _cut(sample, min_truncated_chars, truncate_at, truncated_eos)
+        else:
+            chosen = _chosen_from(source, sample, resamples, detect)
         if chosen and chosen.text != sample.completion.text:
             return Pair(
                 prompt=sample.prompt,
@@ -125,8 +126,6 @@ def _chosen_from(
     sample: Sample,
     resamples: Sequence[Completion],
     detect: Detector,
-    min_chars: int,
-    truncate_at: str,
 ) -> Chosen | None:
     if source == "reference":
         reference = sample.prompt.reference
@@ -136,13 +135,18 @@ def _chosen_from(
     if source == "resample":
         ended = [c for c in resamples if _is_clean_answer(c, detect)]
         return Chosen(ended[0].text, eos=True) if ended else None
-    if source == "truncate" and truncate_at == "first_repeat":
-        return cut_at_first_repeat(sample.completion.text, sample.detection, min_chars=min_chars)
-    if source == "truncate" and sample.detection.loop_start is not None:
-        return cut_before_loop(
-            sample.completion.text, sample.detection.loop_start, min_chars=min_chars
-        )
     return None
+
+
+def _cut(sample: Sample, min_chars: int, truncate_at: str, truncated_eos: str) -> Chosen | None:
+    """The ``truncate`` source: the sample's own text cut at ``truncate_at``."""
+    text, detection = sample.completion.text, sample.detection
+    if truncate_at == "first_repeat":
+        return cut_at_first_repeat(text, detection, min_chars=min_chars)
+    if detection.loop_start is None:
+        return None
+    cut = cut_before_loop(text, detection.loop_start, min_chars=min_chars)
+    return cut._replace(eos=False) if cut and truncated_eos == "never" else cut
 
 
 def _is_clean_answer(completion: Completion, detect: Detector) -> bool:

@@ -83,13 +83,13 @@ def encode_pairs(
         if len(sides.chosen) > room:
             encoded.dropped_overlong += 1
             continue
+        departs = common_prefix(sides.chosen, sides.rejected)
         if max_loop_tokens is not None and sides.loop_at is not None:
             # Count from where rejected departs from chosen when that is later than the
             # loop's start (a chosen cut after the loop's first occurrence shares it).
-            departs = common_prefix(sides.chosen, sides.rejected)
             room = min(room, max(sides.loop_at, departs) + max_loop_tokens)
         rejected = sides.rejected[:room]
-        if sides.chosen[: len(rejected)] == rejected:  # the cut left nothing that differs
+        if len(rejected) <= departs:  # the cut left nothing that differs from chosen
             encoded.dropped_overlong += 1
             continue
         encoded.rejected_cut += len(rejected) < len(sides.rejected)

