@@ -211,33 +211,29 @@ def reused_run(state_dir: Path, report: Path | None) -> LoopdRun:
 
 
 def finished_run(db_path: Path, rows: list[RoundRow]) -> LoopdRun:
+    """Live adapter after each round; the SFT baseline gets what the *promoted* rounds had.
+
+    Rejected rounds never reach serving, so SFT-only is matched to the adapter loopd ends
+    up serving: the same chosen answers and the same optimizer steps.
+    """
     store = Store(db_path)
-    live_after, live = [], None
-    by_id = {r["id"]: r for r in store.rounds(limit=1000)}
-    for round_id in sorted(by_id):
-        row = by_id[round_id]
+    live_after, live, promoted = [], None, []
+    for row in sorted(store.rounds(limit=1000), key=lambda r: r["id"]):
         if row["status"] == "promoted":
+            promoted.append(row)
             live = store.adapter_version(row["candidate_version"]).path
         live_after.append(live)
-    records = [pair_record(p) for p in store.trained_pairs()]
-    steps = sum(r["steps"] or 0 for r in _round_results(store))
-    micro = next((r["micro_batch"] for r in _round_results(store) if r["micro_batch"]), 1)
+    records = [pair_record(p) for p in store.trained_pairs(rounds=[r["id"] for r in promoted])]
+    manifests = [_manifest(store, row) for row in promoted]
+    steps = sum(m.get("steps") or 0 for m in manifests)
+    micro = next((m["metrics"]["micro_batch"] for m in manifests if m.get("metrics")), 1)
     store.close()
     return LoopdRun(rows, live_after, records, steps, micro)
 
 
-def _round_results(store: Store) -> list[dict[str, Any]]:
-    """Steps and micro-batch of each trained round, from the adapter manifests."""
-    results = []
-    for row in store.rounds(limit=1000):
-        version = row["candidate_version"] and store.adapter_version(row["candidate_version"])
-        if version:
-            manifest = json.loads((version.path / "manifest.json").read_text())
-            metrics = manifest.get("metrics") or {}
-            results.append(
-                {"steps": manifest.get("steps"), "micro_batch": metrics.get("micro_batch")}
-            )
-    return results
+def _manifest(store: Store, round_row: dict[str, Any]) -> dict[str, Any]:
+    version = store.adapter_version(round_row["candidate_version"])
+    return json.loads((version.path / "manifest.json").read_text())
 
 
 # -- output ------------------------------------------------------------------------------
@@ -341,8 +337,14 @@ def main() -> None:
         train_sft(run.pairs, model_dir=cfg.model.base, out_dir=sft_dir, cfg=cfg.training,
                   steps=run.steps, micro_batch=run.micro_batch)  # fmt: skip
         rows.append(bench.adapter_row(f"SFT-only ({run.steps} steps)", sft_dir))
+    scored: dict[Path | None, Row] = {}
     for number, folder in enumerate(run.live_after, start=1):
-        rows.append(bench.adapter_row(f"loopd r{number}", folder))
+        name = f"loopd r{number}"
+        if folder in scored:  # a rejected round leaves the same adapter serving
+            rows.append(Row(name, scored[folder].measures, scored[folder].per_kind))
+            continue
+        scored[folder] = bench.adapter_row(name, folder)
+        rows.append(scored[folder])
     table = markdown(rows)
     print("\n" + table)
     elapsed = time.monotonic() - started

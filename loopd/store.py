@@ -220,9 +220,13 @@ class Store:
     def fresh_pairs(self, limit: int) -> list[Pair]:
         return self._pairs_where("q.trained_round IS NULL ORDER BY q.id DESC LIMIT ?", [limit])
 
-    def trained_pairs(self) -> list[Pair]:
-        """Every pair some round has trained on, oldest first."""
-        return self._pairs_where("q.trained_round IS NOT NULL ORDER BY q.id", [])
+    def trained_pairs(self, rounds: Iterable[int] | None = None) -> list[Pair]:
+        """Every pair some round (or one of ``rounds``) has trained on, oldest first."""
+        if rounds is None:
+            return self._pairs_where("q.trained_round IS NOT NULL ORDER BY q.id", [])
+        ids = list(rounds)
+        marks = ", ".join("?" * len(ids))
+        return self._pairs_where(f"q.trained_round IN ({marks}) ORDER BY q.id", ids)
 
     def count_fresh_pairs(self) -> int:
         return self.db["pairs"].count_where("trained_round IS NULL")
