@@ -200,26 +200,72 @@ class TrainingConfig(Section):
 
 
 class GateConfig(Section):
+    """When a candidate may replace the live adapter (``loopd/gate.py``).
+
+    Degeneration must fall *significantly* (exact McNemar on the held-out prompts the two
+    disagree on); each quality check compares the candidate with the live adapter on the
+    same prompts and must stay within its tolerance. Intervals are stored with every
+    decision.
+    """
+
     heldout: Path | None = Field(
         None,
         description="Held-out prompt file (JSON Lines), never trained on. Unset: the "
         "embedded held-out prompts.",
     )
+    significance: float = Field(
+        0.05,
+        gt=0.0,
+        lt=1.0,
+        description="Promote only if the drop in loops is significant at this level "
+        "(one-sided exact McNemar). 0.05 needs the candidate to fix at least 5 prompts.",
+    )
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1.0, description="Confidence level of the intervals reported."
+    )
+    bootstrap_resamples: int = Field(
+        1000, ge=100, description="Paired bootstrap resamples behind each interval."
+    )
     min_degeneration_drop: float = Field(
         0.0,
         ge=0.0,
         le=1.0,
-        description="Promote only if the candidate's held-out degeneration rate is lower "
-        "than the live one's by more than this (absolute share).",
+        description="Besides significance, the held-out degeneration rate must fall by "
+        "more than this (absolute share).",
     )
     max_cer_increase: float = Field(
-        0.0, ge=0.0, description="Largest allowed rise of CER against the live adapter."
+        0.0,
+        ge=0.0,
+        description="Largest allowed rise of CER against the live adapter (prompts with "
+        "references).",
+    )
+    max_exact_match_drop: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Largest allowed fall of the share of answers equal to their "
+        "reference, against the live adapter.",
     )
     min_length_ratio: float = Field(
         0.9,
         ge=0.0,
-        description="Candidate's mean answer length over the references' must stay above "
-        "this where references exist (loops fixed by truncation are a regression).",
+        description="Candidate's answer length over the live adapter's, on the prompts "
+        "neither loops on, must stay above this (loops fixed by truncation are a "
+        "regression).",
+    )
+    max_ending_drop: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Largest allowed fall of the share of clean answers that end on their "
+        "own (end of sequence, not the token limit), against the live adapter.",
+    )
+    max_likelihood_drop: float = Field(
+        0.3,
+        ge=0.0,
+        description="Largest allowed fall (nats per token) of the mean log-likelihood of "
+        "the live adapter's clean held-out answers under the candidate: a candidate that "
+        "forgot how to answer finds them unlikely.",
     )
 
 
@@ -229,6 +275,21 @@ class DeployConfig(Section):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="Serving names are '<prefix>-vNNNN', one new name per version, so a "
         "server never confuses two versions (letters, digits, '.', '_', '-').",
+    )
+    watch_samples: int = Field(
+        200,
+        ge=0,
+        description="After a deployment, compare the live loop rate over this many sampled "
+        "answers with the rate before it, and roll back to the parent if it rose (0: no "
+        "watch).",
+    )
+    watch_max_rise: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="Roll back when the sampled loop rate after a deployment exceeds the "
+        "rate before it by more than this, significantly (one-sided Fisher exact test at "
+        "gate.significance).",
     )
 
 

@@ -12,13 +12,21 @@ raises is logged with its traceback and counted in ``loopd_job_runs{outcome="err
 the daemon carries on and the job runs again at its next time. SIGTERM and SIGINT stop
 it cleanly: running jobs finish (a training child is waited for), then the server stops.
 
-HTTP: ``/metrics`` (Prometheus), ``/healthz`` (serving reachable), ``/status`` (JSON).
+HTTP: ``/metrics`` (Prometheus), ``/healthz`` (serving reachable), ``/status`` (JSON),
+and the operator's adapter verbs (``loopd adapters``): ``GET /adapters``,
+``GET /adapters/N``, ``POST /adapters/N/promote``, ``POST /adapters/N/pin``,
+``POST /adapters/rollback``, ``POST /adapters/unpin``. A refused verb (a pin, nothing
+to roll back) is a 409 with the reason; an unknown version a 404; serving that cannot
+load the adapter a 502, with the old adapter still live. The address the daemon
+listens on is written to ``STATE/daemon.json`` so the CLI finds it even on port 0.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import signal
 import threading
 import time
@@ -30,6 +38,8 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from loopd import control
+from loopd.deploy import DeployFailed, DeployRefused
 from loopd.loop import Loop
 from loopd.metrics import Metrics
 from loopd.status import snapshot
@@ -95,10 +105,21 @@ class Daemon:
         restored = self.loop.recover()
         log.info("daemon starting", extra={"live_version": restored and restored.version})
         self.http = _serve_http(self, self.cfg.daemon.host, self.cfg.daemon.port)
+        self._write_address()
         self._schedule("sample", self.loop.sample_round, self.cfg.sampling.interval_seconds)
         self._schedule("train", self.train_if_ready, self.cfg.daemon.train_check_seconds)
         self._schedule("retention", self.retention, self.cfg.daemon.retention_interval_seconds)
         self.scheduler.start()
+
+    @property
+    def address_file(self):
+        return self.cfg.state_dir / "daemon.json"
+
+    def _write_address(self) -> None:
+        address = {"host": self.cfg.daemon.host, "port": self.port, "pid": os.getpid()}
+        staging = self.address_file.with_suffix(".json.tmp")
+        staging.write_text(json.dumps(address))
+        staging.replace(self.address_file)
 
     @property
     def port(self) -> int:
@@ -114,6 +135,7 @@ class Daemon:
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
+            self.address_file.unlink(missing_ok=True)
         self.loop.backend.close()
 
     def run_forever(self) -> None:
@@ -149,10 +171,38 @@ class _Handler(BaseHTTPRequestHandler):
             healthy = self.daemon.loop.backend.health()
             self._send(200 if healthy else 503, b"ok\n" if healthy else b"serving unreachable\n")
         elif self.path == "/status":
-            body = json.dumps(snapshot(self.daemon.loop.store), default=str).encode()
-            self._send(200, body, "application/json")
+            self._json(200, snapshot(self.daemon.loop.store))
+        elif self.path == "/adapters":
+            self._json(200, control.listing(self.daemon.loop.store))
+        elif match := re.fullmatch(r"/adapters/(\d+)", self.path):
+            self._act(lambda: control.show(self.daemon.loop.store, int(match[1])))
         else:
-            self._send(404, b"not found: try /metrics, /healthz or /status\n")
+            self._send(404, b"not found: try /metrics, /healthz, /status or /adapters\n")
+
+    def do_POST(self) -> None:
+        deployer = self.daemon.loop.deployer
+        if match := re.fullmatch(r"/adapters/(\d+)/(promote|pin)", self.path):
+            verb = control.ACTIONS[match[2]]
+            self._act(lambda: verb(deployer, int(match[1])).__dict__)
+        elif match := re.fullmatch(r"/adapters/(rollback|unpin)", self.path):
+            verb = control.PLAIN_ACTIONS[match[1]]
+            self._act(lambda: verb(deployer).__dict__)
+        else:
+            self._json(404, {"error": f"no such action: POST {self.path}"})
+
+    def _act(self, action: Callable[[], Any]) -> None:
+        """Run an operator's verb; policy refusals and bad versions are 4xx, not 500s."""
+        try:
+            self._json(200, action())
+        except control.UnknownVersion as error:
+            self._json(404, {"error": str(error)})
+        except DeployRefused as error:
+            self._json(409, {"error": str(error)})
+        except DeployFailed as error:
+            self._json(502, {"error": str(error)})
+
+    def _json(self, code: int, body: Any) -> None:
+        self._send(code, json.dumps(body, default=str).encode(), "application/json")
 
     def _send(self, code: int, body: bytes, content_type: str = "text/plain") -> None:
         self.send_response(code)

@@ -6,12 +6,21 @@ sampler (and any router reading ``live_name``) sends traffic to it. Nothing is u
 before that, so no request ever finds its adapter missing. The parent version (the one
 the new adapter was trained from, i.e. the one that was live) stays loaded for rollback;
 older versions are unloaded. Every transition is an event in the store.
+
+Operators steer it too (``loopd adapters``): promote a version by hand, roll back to the
+live adapter's parent, or *pin* the live version, which freezes every deployment and
+rollback until it is unpinned. A version that was rolled back is never promoted again
+automatically. One lock serializes all of it, so an operator's command and a round's
+deployment never interleave.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from typing import Any
 
+from loopd.adapters import MANIFEST
 from loopd.backends import AdapterLoadError, ServingBackend
 from loopd.store import Store
 from loopd.types import AdapterVersion, GenerationRequest, Prompt
@@ -25,14 +34,29 @@ class DeployFailed(RuntimeError):
     """The new version could not be made live; the previous one still serves."""
 
 
+class DeployRefused(RuntimeError):
+    """A deployment or rollback that policy forbids (a pin, a rolled-back version)."""
+
+
 class Deployer:
     def __init__(
-        self, backend: ServingBackend, store: Store, *, prefix: str, probe: Prompt = PROBE
+        self,
+        backend: ServingBackend | None,
+        store: Store,
+        *,
+        prefix: str,
+        probe: Prompt = PROBE,
+        watch_samples: int = 0,
     ):
         self.backend = backend
         self.store = store
         self.prefix = prefix
         self.probe = probe
+        self.watch_samples = watch_samples
+        self.lock = threading.RLock()
+        self.protected: set[str] = set()  # candidates under evaluation: never retired
+        # backend None: no serving attached (an operator's command while the daemon is
+        # down): transitions are recorded, and the daemon's restore() loads the live one
 
     def serving_name(self, version: AdapterVersion | None) -> str | None:
         return None if version is None else f"{self.prefix}-{version.name}"
@@ -44,43 +68,111 @@ class Deployer:
     def live_name(self) -> str | None:
         return self.serving_name(self.live())
 
-    def deploy(self, version: AdapterVersion, *, round_id: int | None = None) -> None:
-        """Load, probe, switch; on any failure the previous version keeps serving."""
-        previous = self.live()
-        try:
-            self._ensure_loaded(version)
-            self._probe(version)
-        except (AdapterLoadError, DeployFailed) as error:
-            self.store.record_event(
-                "deploy_failed", version=version.version, round_id=round_id, error=str(error)
+    def refusal(self, version: AdapterVersion | None, *, automatic: bool) -> str | None:
+        """Why ``version`` may not go live now, or None."""
+        pinned = self.store.pinned_version()
+        if pinned is not None and (version is None or pinned != version.version):
+            return (
+                f"deployments are pinned to v{pinned:04d}; run `loopd adapters unpin` to "
+                "let adapters change again"
             )
-            raise DeployFailed(str(error)) from error
-        self.store.record_event(
-            "deployed",
-            version=version.version,
-            round_id=round_id,
-            previous=None if previous is None else previous.version,
-        )
-        name = self.serving_name(version)
-        log.info("adapter deployed", extra={"version": version.version, "adapter": name})
-        self._retire_all_but(version)
+        if (
+            automatic
+            and version is not None
+            and version.version in self.store.rolled_back_versions()
+        ):
+            return f"{version.name} was rolled back once and is never promoted automatically"
+        return None
 
-    def rollback(self, *, reason: str) -> AdapterVersion | None:
-        """Make the live adapter's parent live again (None: the bare base model)."""
-        current = self.live()
-        if current is None:
-            return None
-        parent = None if current.parent is None else self.store.adapter_version(current.parent)
-        if parent is not None:
-            self._ensure_loaded(parent)
-        self.store.record_event(
-            "rolled_back",
-            version=None if parent is None else parent.version,
-            reason=reason,
-            previous=current.version,
+    def deploy(
+        self,
+        version: AdapterVersion,
+        *,
+        round_id: int | None = None,
+        automatic: bool = True,
+        reason: str | None = None,
+    ) -> None:
+        """Load, probe, switch; on any failure the previous version keeps serving."""
+        with self.lock:
+            refused = self.refusal(version, automatic=automatic)
+            if refused:
+                raise DeployRefused(f"{version.name} not deployed: {refused}")
+            previous = self.live()
+            try:
+                self._ensure_loaded(version)
+                self._probe(version)
+            except (AdapterLoadError, DeployFailed) as error:
+                self.store.record_event(
+                    "deploy_failed", version=version.version, round_id=round_id, error=str(error)
+                )
+                raise DeployFailed(str(error)) from error
+            self.store.record_event(
+                "deployed",
+                version=version.version,
+                round_id=round_id,
+                previous=None if previous is None else previous.version,
+                source="gate" if automatic else "operator",
+                reason=reason,
+                **self._watch_baseline(previous),
+            )
+            name = self.serving_name(version)
+            log.info("adapter deployed", extra={"version": version.version, "adapter": name})
+            self._retire_all_but(version)
+
+    def _watch_baseline(self, previous: AdapterVersion | None) -> dict[str, Any]:
+        """What the deployment watch compares with: the outgoing adapter's recent loops."""
+        if not self.watch_samples:
+            return {}
+        degenerate, samples = self.store.loop_counts(
+            self.serving_name(previous), last=self.watch_samples
         )
-        log.warning("adapter rolled back", extra={"from": current.version, "reason": reason})
-        return parent
+        return {"watch_from": self.store.max_sample_id(), "before": [degenerate, samples]}
+
+    def rollback(self, *, reason: str, automatic: bool = False) -> AdapterVersion | None:
+        """Make the live adapter's parent live again (None: the bare base model)."""
+        with self.lock:
+            current = self.live()
+            if current is None:
+                raise DeployRefused("nothing to roll back: the bare base model is live")
+            pinned = self.store.pinned_version()
+            if pinned is not None:
+                raise DeployRefused(
+                    f"rollback refused: deployments are pinned to v{pinned:04d}; run "
+                    "`loopd adapters unpin` first"
+                )
+            parent = None if current.parent is None else self.store.adapter_version(current.parent)
+            try:
+                if parent is not None:
+                    self._ensure_loaded(parent)
+            except AdapterLoadError as error:
+                raise DeployFailed(
+                    f"rollback failed, {current.name} still live: {error}"
+                ) from error
+            self.store.record_event(
+                "rolled_back",
+                version=None if parent is None else parent.version,
+                reason=reason,
+                previous=current.version,
+                source="watch" if automatic else "operator",
+            )
+            log.warning("adapter rolled back", extra={"from": current.version, "reason": reason})
+            self._retire_all_but(parent)
+            return parent
+
+    def pin(self, version: AdapterVersion) -> None:
+        """Freeze deployments on ``version``, deploying it first if it is not live."""
+        with self.lock:
+            if self.store.live_version() != version.version:
+                self.deploy(version, automatic=False, reason="pinned by the operator")
+            self.store.record_event("pinned", version=version.version)
+
+    def unpin(self) -> int | None:
+        """Let adapters change again; returns the version that was pinned."""
+        with self.lock:
+            pinned = self.store.pinned_version()
+            if pinned is not None:
+                self.store.record_event("unpinned", version=pinned)
+            return pinned
 
     def restore(self) -> AdapterVersion | None:
         """After a (re)start, load what the store says is live, and its rollback parent."""
@@ -91,11 +183,17 @@ class Deployer:
         return live
 
     def _ensure_loaded(self, version: AdapterVersion) -> None:
+        if self.backend is None:
+            if not (version.path / MANIFEST).is_file():
+                raise DeployFailed(f"{version.name}: {version.path} is not a complete adapter")
+            return
         name = self.serving_name(version)
         if name not in self.backend.adapters():
             self.backend.load_adapter(name, version.path)
 
     def _probe(self, version: AdapterVersion) -> None:
+        if self.backend is None:
+            return
         request = GenerationRequest(self.probe, max_tokens=4, adapter=self.serving_name(version))
         try:
             self.backend.generate([request])
@@ -103,12 +201,16 @@ class Deployer:
             self.backend.unload_adapter(self.serving_name(version))
             raise DeployFailed(f"probe request on {version.name} failed: {error}") from error
 
-    def _retire_all_but(self, live: AdapterVersion) -> None:
+    def _retire_all_but(self, live: AdapterVersion | None) -> None:
         """Unload this deployer's adapters except the live one and its parent."""
-        parent = None if live.parent is None else self.store.adapter_version(live.parent)
-        keep = {self.serving_name(live), self.serving_name(parent)}
+        parent = None
+        if live is not None and live.parent is not None:
+            parent = self.store.adapter_version(live.parent)
+        keep = {self.serving_name(live), self.serving_name(parent), *self.protected}
         if parent is not None:
             self._ensure_loaded(parent)
+        if self.backend is None:
+            return
         for name in self.backend.adapters():
             if name.startswith(f"{self.prefix}-") and name not in keep:
                 self.backend.unload_adapter(name)

@@ -1,19 +1,10 @@
-"""The gate: a candidate adapter is promoted only if it loops less *and* answers as well.
+"""The evaluate stage: held-out answers of one adapter, scored for the gate.
 
-Candidate and live adapter answer the same held-out prompts (never trained on) with
-greedy decoding. The candidate must cut the degeneration rate by more than the
-configured margin, must not raise the character error rate (where prompts carry
-references), and must not answer shorter than the live adapter. That last check is what
-stops the cheap "fix" of loops: an adapter that ends every answer early has no loops and
-is still a regression. Length is always judged *against the live adapter*, never against
-an absolute ratio: a small model's clean answers are often shorter than the references
-(SmolLM2's base scored 0.86), and a bar the live adapter itself fails rejects every
-candidate forever. Two views, both relative to live:
-
-- on the prompts neither adapter loops on, the candidate's answers over the live's;
-- where references exist, the candidate's clean-answer length over the references,
-  against the same figure for the live adapter (this one also sees the prompts the
-  live adapter looped on, which is where a truncating "fix" shows).
+Greedy answers on held-out prompts (never trained on) repeat exactly for the same
+weights, so a report is measured once per serving name and compared prompt by prompt in
+``loopd.gate``. Each answer keeps what the gate's checks need: whether it looped, its
+length and ending, its edits against a reference where there is one, and its text (the
+live adapter's clean answers are scored under the candidate).
 """
 
 from __future__ import annotations
@@ -24,13 +15,11 @@ from statistics import fmean
 from rapidfuzz.distance import Levenshtein
 
 from loopd.backends import ServingBackend
-from loopd.config import GateConfig
 from loopd.types import (
     Completion,
     Detection,
     EvalAnswer,
     EvalReport,
-    GateDecision,
     GenerationRequest,
     Prompt,
 )
@@ -81,6 +70,7 @@ def score_answer(prompt: Prompt, completion: Completion, degenerate: bool) -> Ev
         finish_reason=completion.finish_reason,
         edits=None if reference is None else Levenshtein.distance(text, reference),
         reference_length=None if reference is None else len(reference),
+        text=completion.text,
     )
 
 
@@ -115,50 +105,21 @@ def _reference_length_ratio(answers: Sequence[EvalAnswer]) -> float | None:
     return sum(a.length for a in clean) / max(1, sum(a.reference_length for a in clean))
 
 
-def paired_clean_length_ratio(candidate: EvalReport, live: EvalReport) -> float | None:
-    """Candidate's total answer length over the live's, on prompts neither loops on."""
-    live_by_id = {a.prompt_id: a for a in live.answers}
-    both = [
-        (a.length, live_by_id[a.prompt_id].length)
-        for a in candidate.answers
-        if a.prompt_id in live_by_id and not a.degenerate and not live_by_id[a.prompt_id].degenerate
-    ]
-    if not both:
+def clean_answer_likelihood(
+    backend: ServingBackend,
+    prompts: Sequence[Prompt],
+    live: EvalReport,
+    *,
+    adapter: str | None,
+) -> dict[str, float] | None:
+    """Mean token log-likelihood under ``adapter`` of the live report's clean answers.
+
+    None when the backend cannot score given answers (``answer_logprobs``).
+    """
+    score = getattr(backend, "answer_logprobs", None)
+    if score is None:
         return None
-    return sum(c for c, _ in both) / max(1, sum(v for _, v in both))
-
-
-def gate(candidate: EvalReport, live: EvalReport, cfg: GateConfig) -> GateDecision:
-    """Promote only on fewer loops by the margin, no CER regression, no shortening."""
-    reasons = []
-    drop = live.degeneration_rate - candidate.degeneration_rate
-    if drop <= cfg.min_degeneration_drop:
-        reasons.append(
-            f"degeneration {candidate.degeneration_rate:.3f} vs live {live.degeneration_rate:.3f}:"
-            f" drop {drop:.3f} is not above the margin {cfg.min_degeneration_drop:.3f}"
-        )
-    cer_known = candidate.cer is not None and live.cer is not None
-    if cer_known and candidate.cer > live.cer + cfg.max_cer_increase:
-        reasons.append(f"CER rose from {live.cer:.3f} to {candidate.cer:.3f}")
-    reasons.extend(_length_problems(candidate, live, cfg.min_length_ratio))
-    if reasons:
-        return GateDecision(False, "; ".join(reasons), candidate, live)
-    return GateDecision(True, f"degeneration fell by {drop:.3f}, quality held", candidate, live)
-
-
-def _length_problems(candidate: EvalReport, live: EvalReport, min_ratio: float) -> list[str]:
-    problems = []
-    paired = paired_clean_length_ratio(candidate, live)
-    if paired is not None and paired < min_ratio:
-        problems.append(
-            f"answers shortened: {paired:.2f} of the live adapter's length on the prompts "
-            f"neither loops on (< {min_ratio})"
-        )
-    if candidate.length_ratio is not None and live.length_ratio:
-        relative = candidate.length_ratio / live.length_ratio
-        if relative < min_ratio:
-            problems.append(
-                f"answers shortened: length ratio {candidate.length_ratio:.2f} of the references"
-                f" vs live {live.length_ratio:.2f} ({relative:.2f} < {min_ratio})"
-            )
-    return problems
+    by_id = {p.id: p for p in prompts}
+    clean = [a for a in live.answers if not a.degenerate and a.text and a.prompt_id in by_id]
+    values = score([(by_id[a.prompt_id], a.text) for a in clean], adapter=adapter)
+    return {a.prompt_id: value for a, value in zip(clean, values, strict=True)}

@@ -25,12 +25,13 @@ from loopd import detect as detector
 from loopd.adapters import AdapterRegistry
 from loopd.backends import ServingBackend
 from loopd.config import LoopdConfig
-from loopd.deploy import Deployer, DeployFailed
-from loopd.embedded import HELDOUT_FILE, MODEL_DIRNAME, TRAIN_FILE, EmbeddedSpec, ensure_embedded
-from loopd.evaluate import evaluate, gate
+from loopd.deploy import Deployer, DeployFailed, DeployRefused
+from loopd.evaluate import clean_answer_likelihood, evaluate
+from loopd.gate import Likelihood, gate
+from loopd.inputs import Inputs
 from loopd.pair import make_pair, wants_resample
-from loopd.prompts import read_prompts
 from loopd.sample import draw, sample
+from loopd.stats import discordant_needed
 from loopd.store import Store
 from loopd.train import ProgressHook, TrainingFailed, run_round
 from loopd.types import (
@@ -40,23 +41,14 @@ from loopd.types import (
     EvalReport,
     GateDecision,
     GenerationRequest,
-    Prompt,
     Sample,
     TrainResult,
 )
+from loopd.watch import watch_deployment
 
 log = logging.getLogger(__name__)
 EVALUATIONS_KEPT = 8  # held-out reports remembered, by serving name
 REPEATED_FAILURES = 2  # the same failure this many times in a row stops retries
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """Where the base model and prompts are, once the embedded default is resolved."""
-
-    base_model: Path
-    train_prompts: list[Prompt]
-    heldout: list[Prompt]
 
 
 @dataclass(frozen=True)
@@ -69,39 +61,13 @@ class SampleReport:
 @dataclass(frozen=True)
 class RoundReport:
     round_id: int
-    status: str  # "promoted" | "rejected" | "failed" | "deploy_failed"
+    status: str  # "promoted" | "rejected" | "blocked" | "failed" | "eval_failed" | "deploy_failed"
     candidate: AdapterVersion | None
     train: TrainResult | None
     decision: GateDecision | None
     fresh_pairs: int
     replay_pairs: int
     error: str | None = None
-
-
-def resolve_inputs(
-    cfg: LoopdConfig, progress: Callable[[int, int, float], None] | None = None
-) -> Inputs:
-    """The model and prompt files the config names, or the whole embedded default.
-
-    Config validation allows only the two (a real model with the embedded prompts would
-    run and measure nothing); the embedded default is built here on first use.
-    """
-    if cfg.model.base is None:
-        spec = EmbeddedSpec(seed=cfg.model.embedded_seed)
-        embedded = ensure_embedded(cfg.embedded_dir, spec, progress)
-        base, train_files = embedded / MODEL_DIRNAME, [embedded / TRAIN_FILE]
-        heldout_file = embedded / HELDOUT_FILE
-    else:
-        base, train_files, heldout_file = cfg.model.base, cfg.sampling.prompts, cfg.gate.heldout
-    train = [p for path in train_files for p in read_prompts(path)]
-    heldout = read_prompts(heldout_file)
-    overlap = {p.id for p in train} & {p.id for p in heldout}
-    if overlap:
-        raise ValueError(
-            f"{len(overlap)} held-out prompt ids are also training prompts (e.g. "
-            f"{sorted(overlap)[0]!r}); the gate must measure prompts never trained on"
-        )
-    return Inputs(base_model=base, train_prompts=train, heldout=heldout)
 
 
 class Loop:
@@ -120,10 +86,16 @@ class Loop:
         self.store = store
         self.clock = clock
         self.registry = AdapterRegistry(cfg.adapters_dir)
-        self.deployer = Deployer(backend, store, prefix=cfg.deploy.adapter_prefix)
+        self.deployer = Deployer(
+            backend,
+            store,
+            prefix=cfg.deploy.adapter_prefix,
+            watch_samples=cfg.deploy.watch_samples,
+        )
         self.cancel = threading.Event()  # set on shutdown: a running round is stopped
         self._blocked_logged: str | None = None
         self._evaluations: dict[str | None, EvalReport] = {}
+        self._likelihoods: dict[tuple[str | None, str | None], dict[str, float] | None] = {}
 
     def recover(self) -> AdapterVersion | None:
         """After a (re)start: load the live adapter, drop half-written rounds' leftovers.
@@ -169,7 +141,10 @@ class Loop:
         stored = self.store.add_samples([(p, c, self.detect(c)) for p, c in completions])
         degenerate = sum(s.detection.degenerate for s in stored)
         log.info("sampled", extra={"samples": len(stored), "degenerate": degenerate})
-        return SampleReport(samples=len(stored), degenerate=degenerate, pairs=self.pair_fresh())
+        report = SampleReport(samples=len(stored), degenerate=degenerate, pairs=self.pair_fresh())
+        if self.cfg.deploy.watch_samples:
+            watch_deployment(self.deployer, self.cfg)
+        return report
 
     def pair_fresh(self) -> int:
         """Pair every stored degenerate sample not yet handled (also after a crash)."""
@@ -221,11 +196,33 @@ class Loop:
     def ready_to_train(self) -> bool:
         if self.store.count_fresh_pairs() < self.cfg.training.min_fresh_pairs:
             return False
-        blocked = self.training_blocked()
+        blocked = self.training_blocked() or self.live_at_floor()
         if blocked is not None and blocked != self._blocked_logged:
-            log.warning("training round not retried", extra={"reason": blocked})
+            log.warning("training round skipped", extra={"reason": blocked})
+            self.store.record_event(
+                "round_skipped", version=self.store.live_version(), reason=blocked
+            )
         self._blocked_logged = blocked
         return blocked is None
+
+    def live_at_floor(self) -> str | None:
+        """Why no candidate could be shown better than the live adapter, or None.
+
+        A candidate must fix at least ``discordant_needed`` held-out prompts to reach the
+        gate's significance; a live adapter that loops on fewer cannot be beaten on this
+        held-out set, so a round would train only to be rejected.
+        """
+        live = self.evaluate(self.deployer.live_name())
+        loops = sum(a.degenerate for a in live.answers)
+        needed = discordant_needed(self.cfg.gate.significance)
+        if loops >= needed:
+            return None
+        return (
+            f"the live adapter loops on {loops} of {live.prompts} held-out prompts; at "
+            f"gate.significance={self.cfg.gate.significance} a candidate must fix at least "
+            f"{needed}, so no round can be promoted on this held-out set (add held-out "
+            "prompts that loop to measure further gains)"
+        )
 
     def training_blocked(self) -> str | None:
         """Why the next round would only repeat a failure, or None when it may run.
@@ -338,43 +335,84 @@ class Loop:
         replay: int,
     ) -> RoundReport:
         name = self.deployer.serving_name(candidate)
+        self.deployer.protected.add(name)
         try:
             decision = self._judge(name, candidate, live)
         except Exception as error:  # serving refused or failed mid-evaluation
             self._discard(name)
             return self._failed(round_id, "eval_failed", error, fresh, replay, candidate, result)
-        self.store.record_event(
-            "gate",
-            version=candidate.version,
-            round_id=round_id,
-            promote=decision.promote,
-            reason=decision.reason,
-            candidate=_summary(decision.candidate),
-            live=_summary(decision.live),
-        )
-        status = "promoted" if decision.promote else "rejected"
+        finally:
+            self.deployer.protected.discard(name)
+        self._record_decision(round_id, candidate, live, decision)
+        status, reason = ("promoted" if decision.promote else "rejected"), decision.reason
         try:
             if decision.promote:
                 self.deployer.deploy(candidate, round_id=round_id)
             else:
                 self.backend.unload_adapter(name)
+        except DeployRefused as refused:
+            status, reason = "blocked", f"promotion blocked: {refused}"
+            self._discard(name)
         except DeployFailed as error:
             return self._failed(round_id, "deploy_failed", error, fresh, replay, candidate, result)
         self.store.finish_round(
             round_id,
             status,
             **self._round_fields(candidate, result, fresh, replay),
-            decision=decision.reason,
+            decision=reason,
         )
         return RoundReport(round_id, status, candidate, result, decision, fresh, replay)
+
+    def _record_decision(
+        self,
+        round_id: int,
+        candidate: AdapterVersion,
+        live: AdapterVersion | None,
+        decision: GateDecision,
+    ) -> None:
+        summaries = {"candidate": _summary(decision.candidate), "live": _summary(decision.live)}
+        self.store.record_event(
+            "gate",
+            version=candidate.version,
+            round_id=round_id,
+            promote=decision.promote,
+            reason=decision.reason,
+            **summaries,
+        )
+        self.store.record_decision(
+            "gate",
+            decision.promote,
+            decision.reason,
+            round_id=round_id,
+            candidate_version=candidate.version,
+            live_version=_version_of(live),
+            checks=[asdict(c) for c in decision.checks],
+            **summaries,
+        )
 
     def _judge(
         self, name: str, candidate: AdapterVersion, live: AdapterVersion | None
     ) -> GateDecision:
         """Load the candidate beside the live adapter and gate it on the held-out set."""
         self.backend.load_adapter(name, candidate.path)
-        live_report = self.evaluate(self.deployer.serving_name(live))
-        return gate(self.evaluate(name), live_report, self.cfg.gate)
+        live_name = self.deployer.serving_name(live)
+        live_report = self.evaluate(live_name)
+        likelihood = self._likelihood(live_name, name)
+        return gate(self.evaluate(name), live_report, self.cfg.gate, likelihood)
+
+    def _likelihood(self, live: str | None, candidate: str) -> Likelihood | None:
+        """How likely the live adapter's clean held-out answers are under each adapter."""
+        scores = {}
+        for adapter in (live, candidate):
+            key = (live, adapter)
+            if key not in self._likelihoods:
+                self._likelihoods[key] = clean_answer_likelihood(
+                    self.backend, self.inputs.heldout, self.evaluate(live), adapter=adapter
+                )
+            scores[adapter] = self._likelihoods[key]
+        if scores[live] is None or scores[candidate] is None:
+            return None
+        return Likelihood(candidate=scores[candidate], live=scores[live])
 
     def _discard(self, name: str) -> None:
         """Best effort: a candidate that failed evaluation must not stay loaded."""

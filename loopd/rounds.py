@@ -20,7 +20,8 @@ from statistics import fmean
 
 from loopd.backends import open_backend
 from loopd.config import LoopdConfig
-from loopd.loop import Loop, resolve_inputs
+from loopd.inputs import resolve_inputs
+from loopd.loop import Loop
 from loopd.store import Store
 from loopd.train import ProgressHook
 from loopd.types import EvalReport

@@ -13,11 +13,18 @@ from loopd.store import Store
 
 
 def snapshot(store: Store, *, rounds: int = 10, events: int = 20) -> dict[str, Any]:
+    recent = store.rounds(rounds)
+    running = next((r for r in recent if r["status"] == "running"), None)
+    decisions = store.decisions(limit=1)
     return {
         "live_version": store.live_version(),
+        "pinned_version": store.pinned_version(),
+        "candidate": running and {"round": running["id"], "parent": running["parent_version"]},
+        "last_decision": decisions[0] if decisions else None,
         "counts": store.counts(),
         "degeneration_rate_recent": store.recent_degeneration_rate(),
-        "rounds": store.rounds(rounds),
+        "rates_by_kind": store.rates_by_kind(),
+        "rounds": recent,
         "events": [_decoded(e) for e in store.events(events)],
     }
 
@@ -37,6 +44,16 @@ def render(status: dict[str, Any]) -> str:
         f"pairs             {counts['pairs']} ({counts['fresh_pairs']} not yet trained)",
         f"training rounds   {counts['rounds']}",
     ]
+    if status["pinned_version"] is not None:
+        lines.insert(1, f"pinned            v{status['pinned_version']:04d} (deployments frozen)")
+    if status["candidate"]:
+        lines.append(f"candidate         round {status['candidate']['round']} running")
+    kinds = status["rates_by_kind"]
+    if kinds:
+        lines.append("loop rate by kind " + ", ".join(
+            f"{kind} {row['rate']:.1%} ({row['samples']})" for kind, row in kinds.items()
+        ))  # fmt: skip
+    lines.extend(_decision_lines(status["last_decision"]))
     for r in status["rounds"][:5]:
         lines.append(
             f"  round {r['id']:>3}  {r['status']:<13} candidate={r['candidate_version']}"
@@ -45,3 +62,16 @@ def render(status: dict[str, Any]) -> str:
             ]
         )
     return "\n".join(lines)
+
+
+def _decision_lines(decision: dict[str, Any] | None) -> list[str]:
+    if decision is None:
+        return []
+    version = decision["candidate_version"]
+    verdict = "promote" if decision["promote"] else "keep live"
+    lines = [f"last decision     {decision['source']} on v{version or 0:04d}: {verdict}"]
+    for check in decision["checks"] or []:
+        lines.append(
+            f"  {'ok  ' if check['passed'] else 'FAIL'} {check['name']:<16} {check['detail']}"[:200]
+        )
+    return lines

@@ -152,6 +152,17 @@ class EvalAnswer:
     finish_reason: str
     edits: int | None = None  # edit distance to the reference, where there is one
     reference_length: int | None = None
+    text: str = ""  # the answer itself: the gate scores the live one's under the candidate
+
+    @property
+    def ended(self) -> bool:
+        """The answer stopped on its own (end of sequence), not at the token limit."""
+        return self.finish_reason == "stop"
+
+    @property
+    def exact(self) -> bool | None:
+        """The answer equals its reference (None: no reference)."""
+        return None if self.edits is None else self.edits == 0
 
 
 @dataclass(frozen=True)
@@ -169,6 +180,23 @@ class EvalReport:
 
 
 @dataclass(frozen=True)
+class Check:
+    """One thing the gate measured: its estimate, interval, the bar, and the verdict.
+
+    ``estimate`` is None when the check could not be measured (no references, no
+    prompts both adapters answered cleanly, a backend that cannot score answers); an
+    unmeasured check passes and says so in ``detail``.
+    """
+
+    name: str
+    passed: bool
+    detail: str
+    estimate: float | None = None
+    interval: tuple[float, float] | None = None
+    bar: str = ""  # the configured tolerance, as "<= 0.020"
+
+
+@dataclass(frozen=True)
 class GateDecision:
     """The gate's verdict: promote the candidate or keep the live adapter, and why."""
 
@@ -176,3 +204,4 @@ class GateDecision:
     reason: str
     candidate: EvalReport
     live: EvalReport
+    checks: tuple[Check, ...] = ()

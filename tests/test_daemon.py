@@ -14,7 +14,8 @@ import httpx
 from loopd.backends.local import LocalBackend
 from loopd.config import LoopdConfig
 from loopd.daemon import Daemon
-from loopd.loop import Loop, resolve_inputs
+from loopd.inputs import resolve_inputs
+from loopd.loop import Loop
 from loopd.store import Store
 
 

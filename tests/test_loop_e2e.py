@@ -5,7 +5,8 @@ from __future__ import annotations
 from loopd.backends import AdapterLoadError
 from loopd.backends.local import LocalBackend
 from loopd.config import LoopdConfig
-from loopd.loop import Loop, resolve_inputs
+from loopd.inputs import resolve_inputs
+from loopd.loop import Loop
 from loopd.store import Store
 
 

@@ -15,7 +15,8 @@ from prometheus_client import generate_latest
 from loopd.backends.local import LocalBackend
 from loopd.config import LoopdConfig
 from loopd.daemon import Daemon
-from loopd.loop import Loop, resolve_inputs
+from loopd.inputs import resolve_inputs
+from loopd.loop import Loop
 from loopd.metrics import Metrics
 from loopd.store import Store
 

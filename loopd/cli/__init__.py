@@ -10,9 +10,9 @@ import argparse
 import sys
 import warnings
 
-from loopd.cli import config, demo, detect, model, rounds, run, status
+from loopd.cli import adapters, config, demo, detect, model, rounds, run, status
 
-COMMANDS = (run, rounds, demo, detect, status, config, model)
+COMMANDS = (run, rounds, demo, detect, status, adapters, config, model)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,8 @@ from loopd.backends import open_backend
 from loopd.cli.progress import progress_bar
 from loopd.config import ConfigError, load_config
 from loopd.daemon import Daemon
-from loopd.loop import Loop, resolve_inputs
+from loopd.inputs import resolve_inputs
+from loopd.loop import Loop
 from loopd.metrics import Metrics
 from loopd.store import Store
 

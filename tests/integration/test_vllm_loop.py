@@ -6,7 +6,8 @@ import pytest
 
 from loopd.backends.vllm import VllmBackend, VllmConfig
 from loopd.config import LoopdConfig
-from loopd.loop import Loop, resolve_inputs
+from loopd.inputs import resolve_inputs
+from loopd.loop import Loop
 from loopd.store import Store
 
 from .conftest import SERVED_NAME

@@ -22,104 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
-from sqlite_utils.migrations import Migrations
 
+from loopd.store.rows import (
+    pair_from_row,
+    pair_row,
+    sample_from_row,
+    sample_row,
+    version_from_row,
+)
+from loopd.store.schema import migrations
 from loopd.types import AdapterVersion, Completion, Detection, Pair, Prompt, Sample
 
-migrations = Migrations("loopd")
 RECENT_WINDOW = 500  # samples behind the "recent" degeneration rate
-
-
-@migrations()
-def m001_initial(db: sqlite_utils.Database) -> None:
-    db["prompts"].create(
-        {
-            "id": str,
-            "text": str,
-            "messages": str,
-            "reference": str,
-            "kind": str,
-            "created_at": float,
-        },
-        pk="id",
-    )
-    db["samples"].create(
-        {
-            "id": int, "prompt_id": str, "adapter": str, "text": str, "token_ids": str,
-            "finish_reason": str, "stop_reason": str, "temperature": float, "seed": int,
-            "latency_s": float, "degenerate": int, "rule": str, "score": float,
-            "loop_start": int, "loop_start_token": int, "period": int, "repeats": float,
-            "loop_fraction": float, "paired": int, "created_at": float,
-        },
-        pk="id",
-        foreign_keys=[("prompt_id", "prompts", "id")],
-        defaults={"paired": 0},
-    )  # fmt: skip
-    db["samples"].create_index(["degenerate", "paired"])
-    db["samples"].create_index(["created_at"])
-    db["pairs"].create(
-        {
-            "id": int, "prompt_id": str, "sample_id": int, "chosen": str, "rejected": str,
-            "chosen_source": str, "trained_round": int, "created_at": float,
-        },
-        pk="id",
-        foreign_keys=[("prompt_id", "prompts", "id"), ("sample_id", "samples", "id")],
-    )  # fmt: skip
-    db["pairs"].create_index(["trained_round"])
-    db["rounds"].create(
-        {
-            "id": int, "status": str, "started_at": float, "finished_at": float,
-            "parent_version": int, "candidate_version": int, "fresh_pairs": int,
-            "replay_pairs": int, "dropped_overlong": int, "train_seconds": float,
-            "final_loss": float, "decision": str, "error": str,
-        },
-        pk="id",
-    )  # fmt: skip
-    db["adapter_versions"].create(
-        {"version": int, "path": str, "parent": int, "round_id": int, "created_at": float},
-        pk="version",
-    )
-    db["events"].create(
-        {"id": int, "at": float, "kind": str, "version": int, "round_id": int, "payload": str},
-        pk="id",
-    )
-    db["events"].create_index(["kind"])
-
-
-@migrations()
-def m002_token_logprobs(db: sqlite_utils.Database) -> None:
-    """Keep the chosen tokens' logprobs that vLLM returns (JSON list, or NULL)."""
-    db["samples"].add_column("token_logprobs", str)
-
-
-@migrations()
-def m003_pair_endings(db: sqlite_utils.Database) -> None:
-    """Whether each side of a pair ended on its own (trained with EOS) or was cut off,
-    and where the rejected side's loop starts.
-
-    Pairs stored before this were trained with EOS on both sides (TRL's default); they
-    keep it on the chosen side and lose it on a rejected side the token limit cut.
-    """
-    db["pairs"].add_column("chosen_eos", int, not_null_default=1)
-    db["pairs"].add_column("rejected_eos", int, not_null_default=0)
-    db["pairs"].add_column("loop_start", int)
-    db.execute(
-        "UPDATE pairs SET rejected_eos = 1 WHERE sample_id IN"
-        " (SELECT id FROM samples WHERE finish_reason = 'stop')"
-    )
-    db.execute(
-        "UPDATE pairs SET loop_start ="
-        " (SELECT loop_start FROM samples WHERE samples.id = pairs.sample_id)"
-    )
-
-
-@migrations()
-def m004_round_attempts(db: sqlite_utils.Database) -> None:
-    """What a round tried (``attempt_key``) and how it failed, so a failure that repeats
-    the same way with the same settings and pairs is not retried forever."""
-    db["rounds"].add_column("attempt_key", str)
-    db["rounds"].add_column("error_kind", str)
-    db["rounds"].create_index(["attempt_key"])
 
 
 class SchemaTooNewError(RuntimeError):
@@ -174,7 +88,7 @@ class Store:
         with self._transaction():
             for prompt, completion, detection in rows:
                 self._upsert_prompt(prompt, now)
-                row_id = self.db["samples"].insert(_sample_row(completion, detection, now)).last_pk
+                row_id = self.db["samples"].insert(sample_row(completion, detection, now)).last_pk
                 samples.append(Sample(row_id, prompt, completion, detection, now))
         return samples
 
@@ -201,7 +115,7 @@ class Store:
             f" p.kind AS p_kind FROM samples s JOIN prompts p ON p.id = s.prompt_id WHERE {where}"
             " ORDER BY s.id LIMIT ?"
         )
-        return [_sample_from_row(r) for r in self.db.query(sql, [*params, limit])]
+        return [sample_from_row(r) for r in self.db.query(sql, [*params, limit])]
 
     # -- pairs ---------------------------------------------------------------
 
@@ -213,7 +127,7 @@ class Store:
         """
         now = self._clock()
         with self._transaction():
-            self.db["pairs"].insert_all(_pair_row(p, now) for p in pairs)
+            self.db["pairs"].insert_all(pair_row(p, now) for p in pairs)
             for sample_id in handled_sample_ids:
                 self.db["samples"].update(sample_id, {"paired": 1})
 
@@ -247,7 +161,7 @@ class Store:
             "SELECT q.*, p.text AS p_text, p.messages AS p_messages, p.reference AS p_reference,"
             f" p.kind AS p_kind FROM pairs q JOIN prompts p ON p.id = q.prompt_id WHERE {where}"
         )
-        return [_pair_from_row(r) for r in self.db.query(sql, params)]
+        return [pair_from_row(r) for r in self.db.query(sql, params)]
 
     def mark_trained(self, pair_ids: Iterable[int], round_id: int) -> None:
         with self._transaction():
@@ -300,7 +214,7 @@ class Store:
 
     def adapter_version(self, version: int) -> AdapterVersion | None:
         rows = list(self.db.query("SELECT * FROM adapter_versions WHERE version = ?", [version]))
-        return _version_from_row(rows[0]) if rows else None
+        return version_from_row(rows[0]) if rows else None
 
     def max_adapter_version(self) -> int:
         row = next(self.db.query("SELECT MAX(version) AS v FROM adapter_versions"))
@@ -324,6 +238,69 @@ class Store:
         rows = list(self.db.query(sql))
         return rows[0]["version"] if rows else None
 
+    def last_event(self, kinds: Sequence[str]) -> dict[str, Any] | None:
+        """The newest event of one of ``kinds``, payload decoded."""
+        marks = ", ".join("?" * len(kinds))
+        sql = f"SELECT * FROM events WHERE kind IN ({marks}) ORDER BY id DESC LIMIT 1"
+        rows = list(self.db.query(sql, list(kinds)))
+        return {**rows[0], "payload": json.loads(rows[0]["payload"] or "{}")} if rows else None
+
+    def pinned_version(self) -> int | None:
+        """The version an operator pinned (deployments frozen), or None."""
+        event = self.last_event(("pinned", "unpinned"))
+        return event["version"] if event and event["kind"] == "pinned" else None
+
+    def rolled_back_versions(self) -> set[int]:
+        """Versions once rolled back: never promoted again automatically."""
+        sql = (
+            "SELECT DISTINCT json_extract(payload, '$.previous') AS v FROM events"
+            " WHERE kind = 'rolled_back'"
+        )
+        return {r["v"] for r in self.db.query(sql) if r["v"] is not None}
+
+    def adapter_versions(self) -> list[AdapterVersion]:
+        rows = self.db.query("SELECT * FROM adapter_versions ORDER BY version")
+        return [version_from_row(r) for r in rows]
+
+    # -- decisions -----------------------------------------------------------
+
+    def record_decision(self, source: str, promote: bool, reason: str, **fields: Any) -> int:
+        """Store one gate or watch decision; ``checks``, ``candidate``, ``live`` as JSON."""
+        row = {"at": self._clock(), "source": source, "promote": int(promote), "reason": reason}
+        for key in ("checks", "candidate", "live"):
+            if key in fields:
+                fields[key] = json.dumps(fields[key], default=str)
+        return self.db["decisions"].insert(row | fields).last_pk
+
+    def decisions(self, limit: int = 20, *, version: int | None = None) -> list[dict[str, Any]]:
+        """Newest first; only those about ``version`` (as candidate) when given."""
+        where, params = ("WHERE candidate_version = ?", [version]) if version else ("", [])
+        sql = f"SELECT * FROM decisions {where} ORDER BY id DESC LIMIT ?"
+        return [_decoded_decision(r) for r in self.db.query(sql, [*params, limit])]
+
+    # -- samples by adapter: the deployment watch ------------------------------
+
+    def max_sample_id(self) -> int:
+        return next(self.db.query("SELECT MAX(id) AS n FROM samples"))["n"] or 0
+
+    def loop_counts(
+        self,
+        adapter: str | None,
+        *,
+        after_id: int = 0,
+        before_id: int | None = None,
+        last: int | None = None,
+    ) -> tuple[int, int]:
+        """``(degenerate, samples)`` answered by serving name ``adapter`` (None: the base)
+        with ids in ``(after_id, before_id)``; only the newest ``last`` when given."""
+        sql = (
+            "SELECT COALESCE(SUM(degenerate), 0) AS d, COUNT(*) AS n FROM (SELECT degenerate"
+            " FROM samples WHERE adapter IS ? AND id > ? AND id < ? ORDER BY id DESC LIMIT ?)"
+        )
+        bound = before_id if before_id is not None else 2**62
+        row = next(self.db.query(sql, [adapter, after_id, bound, last or -1]))
+        return row["d"], row["n"]
+
     # -- counts and retention --------------------------------------------------
 
     def counts(self) -> dict[str, int]:
@@ -346,6 +323,17 @@ class Store:
         )
         return next(self.db.query(sql, [window]))["r"] or 0.0
 
+    def rates_by_kind(self, window: int = RECENT_WINDOW) -> dict[str, dict[str, float]]:
+        """Loop rate and sample count of the last ``window`` samples, by prompt kind."""
+        sql = (
+            "SELECT COALESCE(p.kind, 'unknown') AS kind, AVG(s.degenerate) AS rate,"
+            " COUNT(*) AS n FROM (SELECT * FROM samples ORDER BY id DESC LIMIT ?) s"
+            " JOIN prompts p ON p.id = s.prompt_id GROUP BY 1 ORDER BY 1"
+        )
+        return {
+            r["kind"]: {"rate": r["rate"], "samples": r["n"]} for r in self.db.query(sql, [window])
+        }
+
     def rounds_by_status(self) -> dict[str, int]:
         sql = "SELECT status, COUNT(*) AS n FROM rounds GROUP BY status"
         return {r["status"]: r["n"] for r in self.db.query(sql)}
@@ -359,93 +347,6 @@ class Store:
         return count
 
 
-def _sample_row(completion: Completion, detection: Detection, now: float) -> dict[str, Any]:
-    row = asdict(completion) | asdict(detection)
-    row["token_ids"] = (
-        json.dumps(list(completion.token_ids)) if completion.token_ids is not None else None
-    )
-    row["stop_reason"] = None if completion.stop_reason is None else str(completion.stop_reason)
-    if completion.token_logprobs is not None:
-        row["token_logprobs"] = json.dumps(list(completion.token_logprobs))
-    row["degenerate"] = int(detection.degenerate)
-    return row | {"created_at": now, "paired": 0}
-
-
-def _prompt_from_row(row: dict[str, Any]) -> Prompt:
-    messages = json.loads(row["p_messages"]) if row["p_messages"] else None
-    return Prompt(
-        id=row["prompt_id"],
-        text=row["p_text"],
-        messages=tuple(messages) if messages else None,
-        reference=row["p_reference"],
-        kind=row["p_kind"],
-    )
-
-
-def _sample_from_row(row: dict[str, Any]) -> Sample:
-    completion = Completion(
-        prompt_id=row["prompt_id"],
-        text=row["text"],
-        finish_reason=row["finish_reason"],
-        token_ids=_tuple_or_none(row["token_ids"]),
-        stop_reason=row["stop_reason"],
-        adapter=row["adapter"],
-        temperature=row["temperature"],
-        seed=row["seed"],
-        latency_s=row["latency_s"],
-        token_logprobs=_tuple_or_none(row["token_logprobs"]),
-    )
-    detection = Detection(
-        degenerate=bool(row["degenerate"]),
-        rule=row["rule"],
-        score=row["score"],
-        loop_start=row["loop_start"],
-        loop_start_token=row["loop_start_token"],
-        period=row["period"],
-        repeats=row["repeats"],
-        loop_fraction=row["loop_fraction"],
-    )
-    return Sample(row["id"], _prompt_from_row(row), completion, detection, row["created_at"])
-
-
-def _pair_row(pair: Pair, now: float) -> dict[str, Any]:
-    return {
-        "prompt_id": pair.prompt.id,
-        "sample_id": pair.sample_id,
-        "chosen": pair.chosen,
-        "rejected": pair.rejected,
-        "chosen_source": pair.chosen_source,
-        "chosen_eos": int(pair.chosen_eos),
-        "rejected_eos": int(pair.rejected_eos),
-        "loop_start": pair.loop_start,
-        "trained_round": None,
-        "created_at": now,
-    }
-
-
-def _pair_from_row(row: dict[str, Any]) -> Pair:
-    return Pair(
-        prompt=_prompt_from_row(row),
-        chosen=row["chosen"],
-        rejected=row["rejected"],
-        chosen_source=row["chosen_source"],
-        sample_id=row["sample_id"],
-        id=row["id"],
-        chosen_eos=bool(row["chosen_eos"]),
-        rejected_eos=bool(row["rejected_eos"]),
-        loop_start=row["loop_start"],
-    )
-
-
-def _version_from_row(row: dict[str, Any]) -> AdapterVersion:
-    return AdapterVersion(
-        version=row["version"],
-        path=Path(row["path"]),
-        parent=row["parent"],
-        created_at=row["created_at"],
-        round_id=row["round_id"],
-    )
-
-
-def _tuple_or_none(encoded: str | None) -> tuple | None:
-    return None if encoded is None else tuple(json.loads(encoded))
+def _decoded_decision(row: dict[str, Any]) -> dict[str, Any]:
+    decoded = {k: json.loads(row[k]) if row[k] else None for k in ("checks", "candidate", "live")}
+    return {**row, **decoded, "promote": bool(row["promote"])}
