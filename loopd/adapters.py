@@ -19,6 +19,12 @@ from loopd.types import AdapterVersion
 
 MANIFEST = "manifest.json"
 STAGING_PREFIX = ".staging-"
+BASE = 0  # the bare base model, where a version number is needed (a pin); versions start at 1
+
+
+def label(version: int | None) -> str:
+    """``v0003``, or "the base model" for None or ``BASE``."""
+    return "the base model" if not version else f"v{version:04d}"
 
 
 class AdapterRegistry:

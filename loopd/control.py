@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from loopd.adapters import label
 from loopd.deploy import Deployer, DeployRefused
 from loopd.store import Store
 
@@ -90,7 +91,7 @@ def pin(deployer: Deployer, version: int) -> Outcome:
 
 def unpin(deployer: Deployer) -> Outcome:
     was = deployer.unpin()
-    message = "nothing was pinned" if was is None else f"v{was:04d} unpinned"
+    message = "nothing was pinned" if was is None else f"{label(was)} unpinned"
     return Outcome(message, deployer.store.live_version())
 
 

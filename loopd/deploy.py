@@ -20,7 +20,7 @@ import logging
 import threading
 from typing import Any
 
-from loopd.adapters import MANIFEST
+from loopd.adapters import BASE, MANIFEST, label
 from loopd.backends import AdapterLoadError, ServingBackend
 from loopd.store import Store
 from loopd.types import AdapterVersion, GenerationRequest, Prompt
@@ -71,9 +71,9 @@ class Deployer:
     def refusal(self, version: AdapterVersion | None, *, automatic: bool) -> str | None:
         """Why ``version`` may not go live now, or None."""
         pinned = self.store.pinned_version()
-        if pinned is not None and (version is None or pinned != version.version):
+        if pinned is not None and pinned != (BASE if version is None else version.version):
             return (
-                f"deployments are pinned to v{pinned:04d}; run `loopd adapters unpin` to "
+                f"deployments are pinned to {label(pinned)}; run `loopd adapters unpin` to "
                 "let adapters change again"
             )
         if (
@@ -137,7 +137,7 @@ class Deployer:
             pinned = self.store.pinned_version()
             if pinned is not None:
                 raise DeployRefused(
-                    f"rollback refused: deployments are pinned to v{pinned:04d}; run "
+                    f"rollback refused: deployments are pinned to {label(pinned)}; run "
                     "`loopd adapters unpin` first"
                 )
             parent = None if current.parent is None else self.store.adapter_version(current.parent)
@@ -159,12 +159,18 @@ class Deployer:
             self._retire_all_but(parent)
             return parent
 
-    def pin(self, version: AdapterVersion) -> None:
-        """Freeze deployments on ``version``, deploying it first if it is not live."""
+    def pin(self, version: AdapterVersion | None) -> None:
+        """Freeze deployments on ``version`` (None: the base model), deploying it first if
+        it is not live."""
         with self.lock:
-            if self.store.live_version() != version.version:
+            live = self.store.live_version()
+            if version is None and live is not None:
+                raise DeployRefused(
+                    f"{label(live)} is live: roll back to the base model before pinning it"
+                )
+            if version is not None and live != version.version:
                 self.deploy(version, automatic=False, reason="pinned by the operator")
-            self.store.record_event("pinned", version=version.version)
+            self.store.record_event("pinned", version=BASE if version is None else version.version)
 
     def unpin(self) -> int | None:
         """Let adapters change again; returns the version that was pinned."""

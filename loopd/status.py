@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from loopd.adapters import label
 from loopd.store import Store
 
 
@@ -38,14 +39,15 @@ def render(status: dict[str, Any]) -> str:
     counts = status["counts"]
     live = status["live_version"]
     lines = [
-        f"live adapter      {'base model' if live is None else f'v{live:04d}'}",
+        f"live adapter      {label(live)}",
         f"samples           {counts['samples']} ({counts['degenerate_samples']} degenerate)",
         f"recent loop rate  {status['degeneration_rate_recent']:.1%}",
         f"pairs             {counts['pairs']} ({counts['fresh_pairs']} not yet trained)",
         f"training rounds   {counts['rounds']}",
     ]
     if status["pinned_version"] is not None:
-        lines.insert(1, f"pinned            v{status['pinned_version']:04d} (deployments frozen)")
+        pinned = label(status["pinned_version"])
+        lines.insert(1, f"pinned            {pinned} (deployments frozen)")
     if status["candidate"]:
         lines.append(f"candidate         round {status['candidate']['round']} running")
     kinds = status["rates_by_kind"]
@@ -69,7 +71,7 @@ def _decision_lines(decision: dict[str, Any] | None) -> list[str]:
         return []
     version = decision["candidate_version"]
     verdict = "promote" if decision["promote"] else "keep live"
-    lines = [f"last decision     {decision['source']} on v{version or 0:04d}: {verdict}"]
+    lines = [f"last decision     {decision['source']} on {label(version)}: {verdict}"]
     for check in decision["checks"] or []:
         lines.append(
             f"  {'ok  ' if check['passed'] else 'FAIL'} {check['name']:<16} {check['detail']}"[:200]

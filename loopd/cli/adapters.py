@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loopd import control
+from loopd.adapters import BASE
 from loopd.config import ConfigError, LoopdConfig, load_config
 from loopd.deploy import Deployer, DeployFailed, DeployRefused
 from loopd.store import Store
@@ -36,7 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "adapters", help="list, inspect, promote, roll back, pin or unpin adapter versions"
     )
     parser.add_argument("verb", choices=VERBS)
-    parser.add_argument("version", nargs="?", help="a version: 3, v3 or v0003")
+    parser.add_argument(
+        "version", nargs="?", help="a version: 3, v3 or v0003 (pin also takes 'base')"
+    )
     parser.add_argument("--config", type=Path, required=True, help="the daemon's config file")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run)
@@ -60,7 +63,9 @@ def _version_argument(args: argparse.Namespace) -> int | None:
     if args.verb not in VERBS_WITH_VERSION:
         return None
     text = (args.version or "").lower().removeprefix("v")
-    if not text.isdigit():
+    if args.verb == "pin" and text == "base":
+        return BASE
+    if not text.isdigit() or int(text) == BASE:
         raise CommandFailed(f"give a version, as 3 or v0003 (got {args.version!r})")
     return int(text)
 

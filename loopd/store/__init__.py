@@ -246,7 +246,7 @@ class Store:
         return {**rows[0], "payload": json.loads(rows[0]["payload"] or "{}")} if rows else None
 
     def pinned_version(self) -> int | None:
-        """The version an operator pinned (deployments frozen), or None."""
+        """The version an operator pinned (deployments frozen; 0: the base model), or None."""
         event = self.last_event(("pinned", "unpinned"))
         return event["version"] if event and event["kind"] == "pinned" else None
 
