@@ -21,7 +21,7 @@ def test_status_reports_live_adapter_counts_and_rounds(
     assert "no database" in capsys.readouterr().out
 
     store = Store(tmp_path / "state" / "loopd.db")
-    prompt = Prompt(id="p", text="doc: a text:")
+    prompt = Prompt(id="p", text="doc: a text:", kind="copy")
     store.add_samples(
         [
             (prompt, Completion("p", " a a a a", "length"), Detection(True, "cycle")),
@@ -31,11 +31,18 @@ def test_status_reports_live_adapter_counts_and_rounds(
     round_id = store.start_round(parent_version=None)
     store.finish_round(round_id, "promoted", candidate_version=1, fresh_pairs=1, replay_pairs=0)
     store.record_event("deployed", version=1, round_id=round_id)
+    check = {"name": "degeneration", "passed": True, "detail": "fixed 9 loops, caused 0"}
+    store.record_decision("gate", True, "fixed 9", candidate_version=1, checks=[check])
 
     assert main(["status", "--config", str(config)]) == 0
     text = capsys.readouterr().out
     assert "live adapter      v0001" in text and "2 (1 degenerate)" in text
+    assert "loop rate by kind copy 50.0% (2)" in text
+    assert "last decision     gate on v0001: promote" in text
+    assert "ok   degeneration     fixed 9 loops, caused 0" in text
     assert main(["status", "--config", str(config), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["live_version"] == 1 and status["degeneration_rate_recent"] == 0.5
     assert status["events"][0]["kind"] == "deployed"
+    assert status["rates_by_kind"] == {"copy": {"rate": 0.5, "samples": 2}}
+    assert status["last_decision"]["checks"] == [check] and status["pinned_version"] is None
