@@ -47,6 +47,29 @@ class StoreCollector(Collector):
             f"Share of the last {RECENT_WINDOW} samples that degenerated.",
             self.store.recent_degeneration_rate(),
         )
+        yield from self._deployment_metrics()
+
+    def _deployment_metrics(self) -> Iterator[Metric]:
+        by_kind = GaugeMetricFamily(
+            "loopd_degeneration_rate_by_kind",
+            f"Loop rate of the last {RECENT_WINDOW} samples, by prompt kind.",
+            labels=["kind"],
+        )
+        for kind, row in self.store.rates_by_kind().items():
+            by_kind.add_metric([kind], row["rate"])
+        yield by_kind
+        rollbacks = CounterMetricFamily(
+            "loopd_rollbacks", "Rollbacks to the parent adapter, by who asked.", labels=["source"]
+        )
+        for source, count in sorted(self.store.rollbacks_by_source().items()):
+            rollbacks.add_metric([source], count)
+        yield rollbacks
+        pinned = self.store.pinned_version()
+        yield _gauge(
+            "loopd_pinned_version",
+            "Version deployments are pinned to (0 = base model, -1 = not pinned).",
+            -1 if pinned is None else pinned,
+        )
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

@@ -89,6 +89,9 @@ def test_prometheus_scrapes_loopd_metrics(
         [up] = query(url, 'up{job="loopd"}')
         assert up["value"][1] == "1"
         assert query(url, "loopd_degeneration_rate")
+        assert query(url, "loopd_degeneration_rate_by_kind")
+        [pinned] = query(url, "loopd_pinned_version")
+        assert pinned["value"][1] == "-1"
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -258,6 +258,13 @@ class Store:
         )
         return {r["v"] for r in self.db.query(sql) if r["v"] is not None}
 
+    def rollbacks_by_source(self) -> dict[str, int]:
+        sql = (
+            "SELECT COALESCE(json_extract(payload, '$.source'), 'operator') AS source,"
+            " COUNT(*) AS n FROM events WHERE kind = 'rolled_back' GROUP BY 1"
+        )
+        return {r["source"]: r["n"] for r in self.db.query(sql)}
+
     def adapter_versions(self) -> list[AdapterVersion]:
         rows = self.db.query("SELECT * FROM adapter_versions ORDER BY version")
         return [version_from_row(r) for r in rows]
