@@ -260,6 +260,18 @@ class GateConfig(Section):
         description="Largest allowed fall of the share of clean answers that end on their "
         "own (end of sequence, not the token limit), against the live adapter.",
     )
+    canary_share: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of each sampling job sent to a candidate that passed the "
+        "held-out gate, before it is promoted (0: no canary, promote at once). Its sampled "
+        "loop rate must not rise above the live adapter's (deploy.watch_max_rise, Fisher "
+        "exact at gate.significance).",
+    )
+    canary_samples: int = Field(
+        64, ge=1, description="Sampled answers from the candidate before the canary decides."
+    )
     max_likelihood_drop: float = Field(
         0.3,
         ge=0.0,

@@ -188,6 +188,11 @@ class Deployer:
             self._retire_all_but(live)
         return live
 
+    def load(self, version: AdapterVersion) -> None:
+        """Load ``version`` beside what serves (a candidate), under its serving name."""
+        with self.lock:
+            self._ensure_loaded(version)
+
     def _ensure_loaded(self, version: AdapterVersion) -> None:
         if self.backend is None:
             if not (version.path / MANIFEST).is_file():

@@ -21,10 +21,12 @@ from loopd.types import (
     EvalAnswer,
     EvalReport,
     GenerationRequest,
+    Likelihood,
     Prompt,
 )
 
 Detector = Callable[[Completion], Detection]
+REPORTS_KEPT = 8  # held-out reports remembered, by serving name
 
 
 def character_error_rate(hypotheses: Sequence[str], references: Sequence[str]) -> float:
@@ -123,3 +125,55 @@ def clean_answer_likelihood(
     clean = [a for a in live.answers if not a.degenerate and a.text and a.prompt_id in by_id]
     values = score([(by_id[a.prompt_id], a.text) for a in clean], adapter=adapter)
     return {a.prompt_id: value for a, value in zip(clean, values, strict=True)}
+
+
+class HeldoutEvaluator:
+    """Held-out reports and likelihoods of adapters, each measured once per serving name.
+
+    A serving name always means the same weights (a new name per version), and the
+    held-out prompts, token limit and detector are fixed for a loop, so greedy answers
+    repeat: the live adapter's report is its report as last round's candidate, which
+    saves a whole held-out pass per round.
+    """
+
+    def __init__(
+        self,
+        backend: ServingBackend,
+        prompts: Sequence[Prompt],
+        *,
+        max_tokens: int,
+        detect: Detector,
+    ):
+        self.backend = backend
+        self.prompts = prompts
+        self.max_tokens = max_tokens
+        self.detect = detect
+        self._reports: dict[str | None, EvalReport] = {}
+        self._likelihoods: dict[tuple[str | None, str | None], dict[str, float] | None] = {}
+
+    def report(self, adapter: str | None) -> EvalReport:
+        if adapter not in self._reports:
+            if len(self._reports) >= REPORTS_KEPT:
+                self._reports.pop(next(iter(self._reports)))
+            self._reports[adapter] = evaluate(
+                self.backend,
+                self.prompts,
+                adapter=adapter,
+                max_tokens=self.max_tokens,
+                detect=self.detect,
+            )
+        return self._reports[adapter]
+
+    def likelihood(self, live: str | None, candidate: str) -> Likelihood | None:
+        """How likely the live adapter's clean answers are under each adapter (None: the
+        backend cannot score answers)."""
+        scores = {}
+        for adapter in (live, candidate):
+            if (live, adapter) not in self._likelihoods:
+                self._likelihoods[live, adapter] = clean_answer_likelihood(
+                    self.backend, self.prompts, self.report(live), adapter=adapter
+                )
+            scores[adapter] = self._likelihoods[live, adapter]
+        if scores[live] is None or scores[candidate] is None:
+            return None
+        return Likelihood(candidate=scores[candidate], live=scores[live])

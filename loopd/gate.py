@@ -24,8 +24,7 @@ is the margin), and the interval is stored with the decision for the operator.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from loopd.config import GateConfig
 from loopd.stats import (
@@ -35,18 +34,9 @@ from loopd.stats import (
     paired_interval,
     ratio_of_sums,
 )
-from loopd.types import Check, EvalAnswer, EvalReport, GateDecision
+from loopd.types import Check, EvalAnswer, EvalReport, GateDecision, Likelihood
 
 Pairs = list[tuple[EvalAnswer, EvalAnswer]]  # (candidate's, live's) answer to one prompt
-
-
-@dataclass(frozen=True)
-class Likelihood:
-    """Mean token log-likelihood of the live adapter's clean answers, by prompt id,
-    under the candidate and under the live adapter itself."""
-
-    candidate: Mapping[str, float]
-    live: Mapping[str, float]
 
 
 def gate(

@@ -21,13 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from loopd import canary as canaries
 from loopd import detect as detector
 from loopd.adapters import AdapterRegistry
 from loopd.backends import ServingBackend
 from loopd.config import LoopdConfig
 from loopd.deploy import Deployer, DeployFailed, DeployRefused
-from loopd.evaluate import clean_answer_likelihood, evaluate
-from loopd.gate import Likelihood, gate
+from loopd.evaluate import HeldoutEvaluator
+from loopd.gate import gate
 from loopd.inputs import Inputs
 from loopd.pair import make_pair, wants_resample
 from loopd.sample import draw, sample
@@ -41,13 +42,13 @@ from loopd.types import (
     EvalReport,
     GateDecision,
     GenerationRequest,
+    Prompt,
     Sample,
     TrainResult,
 )
 from loopd.watch import watch_deployment
 
 log = logging.getLogger(__name__)
-EVALUATIONS_KEPT = 8  # held-out reports remembered, by serving name
 REPEATED_FAILURES = 2  # the same failure this many times in a row stops retries
 
 
@@ -94,8 +95,9 @@ class Loop:
         )
         self.cancel = threading.Event()  # set on shutdown: a running round is stopped
         self._blocked_logged: str | None = None
-        self._evaluations: dict[str | None, EvalReport] = {}
-        self._likelihoods: dict[tuple[str | None, str | None], dict[str, float] | None] = {}
+        self.heldout = HeldoutEvaluator(
+            backend, inputs.heldout, max_tokens=cfg.serving.max_tokens, detect=self.detect
+        )
 
     def recover(self) -> AdapterVersion | None:
         """After a (re)start: load the live adapter, drop half-written rounds' leftovers.
@@ -103,6 +105,10 @@ class Loop:
         Returns the live version (None: the bare base model serves).
         """
         live = self.deployer.restore()
+        canary = canaries.open_canary(self.store)
+        if canary is not None:  # resume it: the candidate answers its share again
+            self.deployer.protected.add(self.deployer.serving_name(canary.version))
+            self.deployer.load(canary.version)
         removed = self.registry.clean_staging()
         interrupted = self.store.interrupt_running_rounds()
         log.info(
@@ -130,21 +136,35 @@ class Loop:
         prompts = draw(
             self.inputs.train_prompts, self.cfg.sampling.prompts_per_round, random.Random(seed)
         )
-        completions = sample(
-            self.backend,
-            prompts,
-            adapter=self.deployer.live_name(),
-            cfg=self.cfg.sampling,
-            max_tokens=self.cfg.serving.max_tokens,
-            seed=seed,
-        )
+        canary = canaries.open_canary(self.store)
+        share = 0 if canary is None else canaries.canary_share(len(prompts), self.cfg)
+        completions = self._sample(prompts[share:], self.deployer.live_name(), seed)
+        if canary is not None:
+            candidate = self.deployer.serving_name(canary.version)
+            completions += self._sample(prompts[:share], candidate, seed)
         stored = self.store.add_samples([(p, c, self.detect(c)) for p, c in completions])
         degenerate = sum(s.detection.degenerate for s in stored)
         log.info("sampled", extra={"samples": len(stored), "degenerate": degenerate})
         report = SampleReport(samples=len(stored), degenerate=degenerate, pairs=self.pair_fresh())
-        if self.cfg.deploy.watch_samples:
+        if canary is not None:
+            self._judge_canary(canary)
+        elif self.cfg.deploy.watch_samples:
             watch_deployment(self.deployer, self.cfg)
         return report
+
+    def _sample(
+        self, prompts: Sequence[Prompt], adapter: str | None, seed: int
+    ) -> list[tuple[Prompt, Completion]]:
+        if not prompts:
+            return []
+        return sample(
+            self.backend,
+            prompts,
+            adapter=adapter,
+            cfg=self.cfg.sampling,
+            max_tokens=self.cfg.serving.max_tokens,
+            seed=seed,
+        )
 
     def pair_fresh(self) -> int:
         """Pair every stored degenerate sample not yet handled (also after a crash)."""
@@ -196,7 +216,7 @@ class Loop:
     def ready_to_train(self) -> bool:
         if self.store.count_fresh_pairs() < self.cfg.training.min_fresh_pairs:
             return False
-        blocked = self.training_blocked() or self.live_at_floor()
+        blocked = self.canary_running() or self.training_blocked() or self.live_at_floor()
         if blocked is not None and blocked != self._blocked_logged:
             log.warning("training round skipped", extra={"reason": blocked})
             self.store.record_event(
@@ -204,6 +224,12 @@ class Loop:
             )
         self._blocked_logged = blocked
         return blocked is None
+
+    def canary_running(self) -> str | None:
+        canary = canaries.open_canary(self.store)
+        if canary is None:
+            return None
+        return f"the canary of {canary.version.name} (round {canary.round_id}) is still running"
 
     def live_at_floor(self) -> str | None:
         """Why no candidate could be shown better than the live adapter, or None.
@@ -251,24 +277,8 @@ class Loop:
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
     def evaluate(self, adapter: str | None) -> EvalReport:
-        """The held-out report of ``adapter``, measured once per serving name.
-
-        A serving name always means the same weights (a new name per version), and the
-        held-out prompts, token limit and detector are fixed for this loop, so greedy
-        answers repeat: the live adapter's report is its report as last round's
-        candidate, which saves a whole held-out pass per round.
-        """
-        if adapter not in self._evaluations:
-            if len(self._evaluations) >= EVALUATIONS_KEPT:
-                self._evaluations.pop(next(iter(self._evaluations)))
-            self._evaluations[adapter] = evaluate(
-                self.backend,
-                self.inputs.heldout,
-                adapter=adapter,
-                max_tokens=self.cfg.serving.max_tokens,
-                detect=self.detect,
-            )
-        return self._evaluations[adapter]
+        """The held-out report of ``adapter`` (measured once per serving name)."""
+        return self.heldout.report(adapter)
 
     def training_round(self, on_progress: ProgressHook | None = None) -> RoundReport:
         fresh = self.store.fresh_pairs(self.cfg.training.max_fresh_pairs)
@@ -343,52 +353,67 @@ class Loop:
             return self._failed(round_id, "eval_failed", error, fresh, replay, candidate, result)
         finally:
             self.deployer.protected.discard(name)
-        self._record_decision(round_id, candidate, live, decision)
-        status, reason = ("promoted" if decision.promote else "rejected"), decision.reason
+        self.store.record_gate_decision(
+            decision, round_id=round_id, candidate=candidate.version, live=_version_of(live)
+        )
+        fields = self._round_fields(candidate, result, fresh, replay)
+        if decision.promote and self.cfg.gate.canary_share > 0:
+            self.deployer.protected.add(name)  # stays loaded: it answers its share
+            canaries.start_canary(self.store, candidate, round_id)
+            self.store.finish_round(round_id, "canary", **fields, decision=decision.reason)
+            return RoundReport(round_id, "canary", candidate, result, decision, fresh, replay)
         try:
-            if decision.promote:
-                self.deployer.deploy(candidate, round_id=round_id)
-            else:
-                self.backend.unload_adapter(name)
-        except DeployRefused as refused:
-            status, reason = "blocked", f"promotion blocked: {refused}"
-            self._discard(name)
+            status, refusal = self._promote_or_discard(candidate, decision.promote, round_id)
         except DeployFailed as error:
             return self._failed(round_id, "deploy_failed", error, fresh, replay, candidate, result)
-        self.store.finish_round(
-            round_id,
-            status,
-            **self._round_fields(candidate, result, fresh, replay),
-            decision=reason,
-        )
+        self.store.finish_round(round_id, status, **fields, decision=refusal or decision.reason)
         return RoundReport(round_id, status, candidate, result, decision, fresh, replay)
 
-    def _record_decision(
-        self,
-        round_id: int,
-        candidate: AdapterVersion,
-        live: AdapterVersion | None,
-        decision: GateDecision,
-    ) -> None:
-        summaries = {"candidate": _summary(decision.candidate), "live": _summary(decision.live)}
-        self.store.record_event(
-            "gate",
-            version=candidate.version,
-            round_id=round_id,
-            promote=decision.promote,
-            reason=decision.reason,
-            **summaries,
+    def _promote_or_discard(
+        self, candidate: AdapterVersion, promote: bool, round_id: int
+    ) -> tuple[str, str | None]:
+        """Deploy or unload the candidate: the round's status, and a pin's refusal if any.
+
+        Raises ``DeployFailed`` when serving could not take it (the live one still serves).
+        """
+        name = self.deployer.serving_name(candidate)
+        if not promote:
+            self._discard(name)
+            return "rejected", None
+        try:
+            self.deployer.deploy(candidate, round_id=round_id)
+        except DeployRefused as refused:
+            self._discard(name)
+            return "blocked", f"promotion blocked: {refused}"
+        return "promoted", None
+
+    def _judge_canary(self, canary: canaries.Canary) -> None:
+        """Decide an open canary once its candidate answered enough; then end its round."""
+        name = self.deployer.serving_name(canary.version)
+        if self.store.live_version() != canary.parent:
+            reason = "canary abandoned: the live adapter changed while it ran"
+            canaries.end(self.store, canary, "abandoned", reason)
+            return self._end_canary(canary, "rejected", reason)
+        judged = canaries.judge_canary(
+            self.store, canary, candidate=name, live=self.deployer.live_name(), cfg=self.cfg
         )
-        self.store.record_decision(
-            "gate",
-            decision.promote,
-            decision.reason,
-            round_id=round_id,
-            candidate_version=candidate.version,
-            live_version=_version_of(live),
-            checks=[asdict(c) for c in decision.checks],
-            **summaries,
-        )
+        if judged is None:
+            return None
+        try:
+            status, refusal = self._promote_or_discard(
+                canary.version, not judged.rollback, canary.round_id
+            )
+        except DeployFailed as error:
+            status, refusal = "deploy_failed", str(error)
+        canaries.record_verdict(self.store, canary, judged, status)
+        return self._end_canary(canary, status, refusal or f"canary {judged.reason}")
+
+    def _end_canary(self, canary: canaries.Canary, status: str, reason: str) -> None:
+        self.deployer.protected.discard(self.deployer.serving_name(canary.version))
+        if status != "promoted":
+            self._discard(self.deployer.serving_name(canary.version))
+        self.store.finish_round(canary.round_id, status, decision=reason)
+        log.info("canary ended", extra={"round": canary.round_id, "status": status})
 
     def _judge(
         self, name: str, candidate: AdapterVersion, live: AdapterVersion | None
@@ -397,22 +422,8 @@ class Loop:
         self.backend.load_adapter(name, candidate.path)
         live_name = self.deployer.serving_name(live)
         live_report = self.evaluate(live_name)
-        likelihood = self._likelihood(live_name, name)
+        likelihood = self.heldout.likelihood(live_name, name)
         return gate(self.evaluate(name), live_report, self.cfg.gate, likelihood)
-
-    def _likelihood(self, live: str | None, candidate: str) -> Likelihood | None:
-        """How likely the live adapter's clean held-out answers are under each adapter."""
-        scores = {}
-        for adapter in (live, candidate):
-            key = (live, adapter)
-            if key not in self._likelihoods:
-                self._likelihoods[key] = clean_answer_likelihood(
-                    self.backend, self.inputs.heldout, self.evaluate(live), adapter=adapter
-                )
-            scores[adapter] = self._likelihoods[key]
-        if scores[live] is None or scores[candidate] is None:
-            return None
-        return Likelihood(candidate=scores[candidate], live=scores[live])
 
     def _discard(self, name: str) -> None:
         """Best effort: a candidate that failed evaluation must not stay loaded."""
@@ -460,11 +471,6 @@ class Loop:
                 "final_loss": result.final_loss,
             }
         return fields
-
-
-def _summary(report: EvalReport) -> dict[str, object]:
-    """An evaluation without its per-prompt answers, as events keep it."""
-    return {k: v for k, v in asdict(report).items() if k != "answers"}
 
 
 def _version_of(adapter: AdapterVersion | None) -> int | None:

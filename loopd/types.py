@@ -180,6 +180,15 @@ class EvalReport:
 
 
 @dataclass(frozen=True)
+class Likelihood:
+    """Mean token log-likelihood of the live adapter's clean held-out answers, by prompt
+    id, under the candidate and under the live adapter itself."""
+
+    candidate: dict[str, float]
+    live: dict[str, float]
+
+
+@dataclass(frozen=True)
 class Check:
     """One thing the gate measured: its estimate, interval, the bar, and the verdict.
 

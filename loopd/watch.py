@@ -31,16 +31,24 @@ class WatchVerdict:
 
 
 def verdict(
-    before: tuple[int, int], after: tuple[int, int], *, max_rise: float, significance: float
+    before: tuple[int, int],
+    after: tuple[int, int],
+    *,
+    max_rise: float,
+    significance: float,
+    labels: tuple[str, str] = ("before", "after the deployment"),
 ) -> WatchVerdict:
-    """Roll back iff the rate after rose by more than ``max_rise``, significantly."""
+    """Reject iff the rate after rose by more than ``max_rise``, significantly.
+
+    ``before`` and ``after`` are ``(degenerate, samples)``; ``labels`` name them.
+    """
     rate_before, rate_after = before[0] / before[1], after[0] / after[1]
     rise = rate_after - rate_before
     p_value = rate_rise_p_value(after, before)
     rollback = rise > max_rise and p_value <= significance
     detail = (
-        f"live loop rate {rate_after:.3f} ({after[0]}/{after[1]} samples) after the deployment"
-        f" vs {rate_before:.3f} ({before[0]}/{before[1]}) before: rise {rise:+.3f}, "
+        f"loop rate {rate_after:.3f} ({after[0]}/{after[1]} samples) {labels[1]} vs "
+        f"{rate_before:.3f} ({before[0]}/{before[1]}) {labels[0]}: rise {rise:+.3f}, "
         f"Fisher p = {p_value:.4f}"
     )
     check = Check(

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from loopd.config import GateConfig
 from loopd.evaluate import report_of
-from loopd.gate import Likelihood, gate, heldout_too_small
+from loopd.gate import gate, heldout_too_small
 from loopd.stats import discordant_needed, improvement_p_value
-from loopd.types import EvalAnswer, EvalReport
+from loopd.types import EvalAnswer, EvalReport, Likelihood
 
 
 def report(

@@ -127,3 +127,38 @@ def test_rounds_are_skipped_while_the_live_adapter_is_at_the_floor(
     reason = loop.store.last_event(("round_skipped",))["payload"]["reason"]
     assert "loops on 3 of 43 held-out prompts" in reason and "must fix at least 5" in reason
     assert loop.store.rounds() == []
+
+
+def test_a_canary_answers_its_share_of_sampling_before_it_is_promoted(
+    config: LoopdConfig,
+) -> None:
+    cfg = config.model_copy(
+        update={
+            "gate": config.gate.model_copy(update={"canary_share": 0.5, "canary_samples": 16}),
+            "sampling": config.sampling.model_copy(update={"prompts_per_round": 32}),
+        }
+    )
+    loop = loop_for(cfg)
+    loop.sample_round()
+    report = loop.training_round()
+    assert report.decision.promote and report.status == "canary"
+    assert loop.store.live_version() is None  # not yet: the canary decides
+    assert "canary of v0001 (round 1) is still running" in loop.canary_running()
+
+    restarted = loop_for(cfg)  # a daemon restart mid-canary resumes it
+    restarted.recover()
+    assert "loopd-v0001" in restarted.backend.adapters()
+    first_canary_sample = restarted.store.max_sample_id()
+    restarted.sample_round()  # 16 prompts to the candidate, 16 to the live base
+    answered = {
+        row["adapter"]: row["n"]
+        for row in restarted.store.db.query(
+            "SELECT adapter, COUNT(*) AS n FROM samples WHERE id > ? GROUP BY adapter",
+            [first_canary_sample],
+        )
+    }
+    assert answered == {None: 16, "loopd-v0001": 16}
+    assert restarted.store.live_version() == 1
+    [canary, gated] = restarted.store.decisions()
+    assert (canary["source"], gated["source"]) == ("canary", "gate") and canary["promote"]
+    assert restarted.store.rounds()[0]["status"] == "promoted"

@@ -31,7 +31,16 @@ from loopd.store.rows import (
     version_from_row,
 )
 from loopd.store.schema import migrations
-from loopd.types import AdapterVersion, Completion, Detection, Pair, Prompt, Sample
+from loopd.types import (
+    AdapterVersion,
+    Completion,
+    Detection,
+    EvalReport,
+    GateDecision,
+    Pair,
+    Prompt,
+    Sample,
+)
 
 RECENT_WINDOW = 500  # samples behind the "recent" degeneration rate
 
@@ -279,6 +288,21 @@ class Store:
                 fields[key] = json.dumps(fields[key], default=str)
         return self.db["decisions"].insert(row | fields).last_pk
 
+    def record_gate_decision(
+        self, decision: GateDecision, *, round_id: int, candidate: int, live: int | None
+    ) -> None:
+        """A round's gate verdict: an event (summaries) and a decision (every check)."""
+        summaries = {"candidate": _summary(decision.candidate), "live": _summary(decision.live)}
+        self.record_event(
+            "gate", version=candidate, round_id=round_id,
+            promote=decision.promote, reason=decision.reason, **summaries,
+        )  # fmt: skip
+        self.record_decision(
+            "gate", decision.promote, decision.reason, round_id=round_id,
+            candidate_version=candidate, live_version=live,
+            checks=[asdict(c) for c in decision.checks], **summaries,
+        )  # fmt: skip
+
     def decisions(self, limit: int = 20, *, version: int | None = None) -> list[dict[str, Any]]:
         """Newest first; only those about ``version`` (as candidate) when given."""
         where, params = ("WHERE candidate_version = ?", [version]) if version else ("", [])
@@ -357,3 +381,8 @@ class Store:
 def _decoded_decision(row: dict[str, Any]) -> dict[str, Any]:
     decoded = {k: json.loads(row[k]) if row[k] else None for k in ("checks", "candidate", "live")}
     return {**row, **decoded, "promote": bool(row["promote"])}
+
+
+def _summary(report: EvalReport) -> dict[str, Any]:
+    """An evaluation without its per-prompt answers, as events and decisions keep it."""
+    return {k: v for k, v in asdict(report).items() if k != "answers"}
