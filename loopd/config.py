@@ -213,6 +213,20 @@ class GateConfig(Section):
         description="Held-out prompt file (JSON Lines), never trained on. Unset: the "
         "embedded held-out prompts.",
     )
+    heldout_size: int | None = Field(
+        None,
+        ge=1,
+        description="Prompts of the held-out file the gate measures on at a time (unset: "
+        "all of them). The rest wait to be rotated in by refresh_share.",
+    )
+    refresh_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="After each promotion, and while the live adapter is at the floor, "
+        "this share of the active held-out prompts is replaced by prompts of the file not "
+        "used yet, so selection does not overfit one fixed set (old results are kept).",
+    )
     significance: float = Field(
         0.05,
         gt=0.0,

@@ -143,8 +143,11 @@ class HeldoutEvaluator:
         *,
         max_tokens: int,
         detect: Detector,
+        on_report: Callable[[str | None, Sequence[EvalAnswer]], None] | None = None,
     ):
+        """``on_report(adapter, answers)`` sees each report once, when it is measured."""
         self.backend = backend
+        self.on_report = on_report
         self.prompts = prompts
         self.max_tokens = max_tokens
         self.detect = detect
@@ -162,6 +165,8 @@ class HeldoutEvaluator:
                 max_tokens=self.max_tokens,
                 detect=self.detect,
             )
+            if self.on_report is not None:
+                self.on_report(adapter, self._reports[adapter].answers)
         return self._reports[adapter]
 
     def likelihood(self, live: str | None, candidate: str) -> Likelihood | None:

@@ -45,7 +45,8 @@ def resolve_inputs(
         base, train_files, heldout_file = cfg.model.base, cfg.sampling.prompts, cfg.gate.heldout
     train = [p for path in train_files for p in read_prompts(path)]
     heldout = read_prompts(heldout_file)
-    too_small = heldout_too_small(len(heldout), cfg.gate.significance)
+    active = min(len(heldout), cfg.gate.heldout_size or len(heldout))
+    too_small = heldout_too_small(active, cfg.gate.significance)
     if too_small:
         raise ValueError(f"gate.heldout ({heldout_file}): {too_small}")
     overlap = {p.id for p in train} & {p.id for p in heldout}

@@ -10,8 +10,6 @@ test can drive whole cycles with no sleeps and no network.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
 import shutil
@@ -23,6 +21,7 @@ from pathlib import Path
 
 from loopd import canary as canaries
 from loopd import detect as detector
+from loopd import heldout, readiness
 from loopd.adapters import AdapterRegistry
 from loopd.backends import ServingBackend
 from loopd.config import LoopdConfig
@@ -32,7 +31,6 @@ from loopd.gate import gate
 from loopd.inputs import Inputs
 from loopd.pair import make_pair, wants_resample
 from loopd.sample import draw, sample
-from loopd.stats import discordant_needed
 from loopd.store import Store
 from loopd.train import ProgressHook, TrainingFailed, run_round
 from loopd.types import (
@@ -49,7 +47,6 @@ from loopd.types import (
 from loopd.watch import watch_deployment
 
 log = logging.getLogger(__name__)
-REPEATED_FAILURES = 2  # the same failure this many times in a row stops retries
 
 
 @dataclass(frozen=True)
@@ -95,9 +92,7 @@ class Loop:
         )
         self.cancel = threading.Event()  # set on shutdown: a running round is stopped
         self._blocked_logged: str | None = None
-        self.heldout = HeldoutEvaluator(
-            backend, inputs.heldout, max_tokens=cfg.serving.max_tokens, detect=self.detect
-        )
+        self.heldout = self._heldout_evaluator()
 
     def recover(self) -> AdapterVersion | None:
         """After a (re)start: load the live adapter, drop half-written rounds' leftovers.
@@ -120,6 +115,31 @@ class Loop:
             },
         )
         return live
+
+    def _heldout_evaluator(self) -> HeldoutEvaluator:
+        """Reports on the active held-out prompts; every measured answer is stored."""
+        prompts = heldout.active_set(self.store, self.inputs.heldout, self.cfg.gate.heldout_size)
+        return HeldoutEvaluator(
+            self.backend,
+            prompts,
+            max_tokens=self.cfg.serving.max_tokens,
+            detect=self.detect,
+            on_report=self.store.record_heldout_answers,
+        )
+
+    def refresh_heldout(self, why: str, *, recycle: bool) -> bool:
+        """Rotate ``gate.refresh_share`` of the held-out set; False if nothing changed."""
+        if not self.cfg.gate.refresh_share:
+            return False
+        retired, added = heldout.refresh(
+            self.store, self.inputs.heldout, self.cfg.gate.refresh_share, recycle=recycle
+        )
+        if not added:
+            return False
+        self.store.record_event("heldout_refreshed", retired=retired, added=added, why=why)
+        log.info("held-out set refreshed", extra={"replaced": len(added), "why": why})
+        self.heldout = self._heldout_evaluator()
+        return True
 
     def detect(self, completion: Completion) -> Detection:
         return detector.detect(
@@ -214,9 +234,10 @@ class Loop:
     # -- train → evaluate → gate → deploy ----------------------------------------
 
     def ready_to_train(self) -> bool:
+        """Enough fresh pairs, and nothing that makes a round pointless (``readiness``)."""
         if self.store.count_fresh_pairs() < self.cfg.training.min_fresh_pairs:
             return False
-        blocked = self.canary_running() or self.training_blocked() or self.live_at_floor()
+        blocked = self.canary_running() or self.training_blocked() or self._at_floor_after_refresh()
         if blocked is not None and blocked != self._blocked_logged:
             log.warning("training round skipped", extra={"reason": blocked})
             self.store.record_event(
@@ -226,55 +247,23 @@ class Loop:
         return blocked is None
 
     def canary_running(self) -> str | None:
-        canary = canaries.open_canary(self.store)
-        if canary is None:
-            return None
-        return f"the canary of {canary.version.name} (round {canary.round_id}) is still running"
-
-    def live_at_floor(self) -> str | None:
-        """Why no candidate could be shown better than the live adapter, or None.
-
-        A candidate must fix at least ``discordant_needed`` held-out prompts to reach the
-        gate's significance; a live adapter that loops on fewer cannot be beaten on this
-        held-out set, so a round would train only to be rejected.
-        """
-        live = self.evaluate(self.deployer.live_name())
-        loops = sum(a.degenerate for a in live.answers)
-        needed = discordant_needed(self.cfg.gate.significance)
-        if loops >= needed:
-            return None
-        return (
-            f"the live adapter loops on {loops} of {live.prompts} held-out prompts; at "
-            f"gate.significance={self.cfg.gate.significance} a candidate must fix at least "
-            f"{needed}, so no round can be promoted on this held-out set (add held-out "
-            "prompts that loop to measure further gains)"
-        )
+        return readiness.canary_running(canaries.open_canary(self.store))
 
     def training_blocked(self) -> str | None:
-        """Why the next round would only repeat a failure, or None when it may run.
+        return readiness.repeated_failure(self.store, self._attempt_key())
 
-        A round that failed the same way twice with the same settings, the same live
-        adapter and the same fresh pairs would fail a third time (an out-of-memory at one
-        pair per micro-batch, every pair too long, a trainer that cannot load the model):
-        it waits until one of those changes, by config or by new pairs.
-        """
-        kinds = self.store.failures_of(self._attempt_key(), limit=REPEATED_FAILURES)
-        if len(kinds) == REPEATED_FAILURES and kinds[0] is not None and len(set(kinds)) == 1:
-            return (
-                f"the last {REPEATED_FAILURES} rounds on these pairs and settings failed the "
-                f"same way ({kinds[0]}); change the training settings or wait for new pairs"
-            )
-        return None
+    def live_at_floor(self) -> str | None:
+        report = self.evaluate(self.deployer.live_name())
+        return readiness.at_floor(report, self.cfg.gate.significance)
+
+    def _at_floor_after_refresh(self) -> str | None:
+        floor = self.live_at_floor()
+        if floor and self.refresh_heldout("the live adapter is at the floor", recycle=False):
+            floor = self.live_at_floor()  # new prompts may show loops the old ones hid
+        return floor
 
     def _attempt_key(self) -> str:
-        """What a round would try: its settings, the live adapter and the fresh pairs."""
-        fresh = [p.id for p in self.store.fresh_pairs(self.cfg.training.max_fresh_pairs)]
-        what = {
-            "training": self.cfg.training.model_dump(mode="json"),
-            "live": self.store.live_version(),
-            "fresh": sorted(fresh),
-        }
-        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+        return readiness.attempt_key(self.store, self.cfg.training)
 
     def evaluate(self, adapter: str | None) -> EvalReport:
         """The held-out report of ``adapter`` (measured once per serving name)."""
@@ -385,6 +374,7 @@ class Loop:
         except DeployRefused as refused:
             self._discard(name)
             return "blocked", f"promotion blocked: {refused}"
+        self.refresh_heldout(f"{candidate.name} was selected on it", recycle=True)
         return "promoted", None
 
     def _judge_canary(self, canary: canaries.Canary) -> None:

@@ -162,3 +162,25 @@ def test_a_canary_answers_its_share_of_sampling_before_it_is_promoted(
     [canary, gated] = restarted.store.decisions()
     assert (canary["source"], gated["source"]) == ("canary", "gate") and canary["promote"]
     assert restarted.store.rounds()[0]["status"] == "promoted"
+
+
+def test_the_held_out_set_rotates_a_share_and_keeps_old_results(config: LoopdConfig) -> None:
+    cfg = config.model_copy(
+        update={"gate": config.gate.model_copy(update={"heldout_size": 60, "refresh_share": 0.25})}
+    )
+    loop = loop_for(cfg)
+    pool = [p.id for p in loop.inputs.heldout]
+    assert loop.store.active_heldout() == pool[:60]
+    assert [a.prompt_id for a in loop.evaluate(None).answers] == pool[:60]
+
+    assert loop.refresh_heldout("a promotion selected on it", recycle=True)
+    active = loop.store.active_heldout()
+    assert active == pool[15:75]  # the oldest quarter out, the next unused quarter in
+    assert [a.prompt_id for a in loop.evaluate(None).answers] == active  # measured again
+    kept = loop.store.db.execute(
+        "SELECT COUNT(DISTINCT prompt_id) FROM heldout_answers WHERE adapter IS NULL"
+    ).fetchone()[0]
+    assert kept == 75  # the retired prompts' answers are still there
+    assert loop_for(cfg).store.active_heldout() == active  # a restart keeps the set
+    event = loop.store.last_event(("heldout_refreshed",))["payload"]
+    assert event["retired"] == pool[:15] and event["added"] == pool[60:75]

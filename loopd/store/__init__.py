@@ -35,6 +35,7 @@ from loopd.types import (
     AdapterVersion,
     Completion,
     Detection,
+    EvalAnswer,
     EvalReport,
     GateDecision,
     Pair,
@@ -308,6 +309,41 @@ class Store:
         where, params = ("WHERE candidate_version = ?", [version]) if version else ("", [])
         sql = f"SELECT * FROM decisions {where} ORDER BY id DESC LIMIT ?"
         return [_decoded_decision(r) for r in self.db.query(sql, [*params, limit])]
+
+    # -- the held-out set ------------------------------------------------------
+
+    def active_heldout(self) -> list[str]:
+        """Prompt ids the gate measures on now, in the order they joined."""
+        sql = "SELECT prompt_id FROM heldout_set WHERE retired_at IS NULL ORDER BY serial"
+        return [r["prompt_id"] for r in self.db.query(sql)]
+
+    def heldout_ever_used(self) -> dict[str, float | None]:
+        """Every prompt id ever in the held-out set, with when it last left (None: active)."""
+        sql = (
+            "SELECT prompt_id, MAX(COALESCE(retired_at, 1e300)) AS left FROM heldout_set GROUP BY 1"
+        )
+        return {
+            r["prompt_id"]: None if r["left"] >= 1e300 else r["left"] for r in self.db.query(sql)
+        }
+
+    def rotate_heldout(self, *, retire: Sequence[str], add: Sequence[str]) -> None:
+        now = self._clock()
+        with self._transaction():
+            for prompt_id in retire:
+                self.db.execute(
+                    "UPDATE heldout_set SET retired_at = ?"
+                    " WHERE prompt_id = ? AND retired_at IS NULL",
+                    [now, prompt_id],
+                )
+            self.db["heldout_set"].insert_all({"prompt_id": p, "added_at": now} for p in add)
+
+    def record_heldout_answers(self, adapter: str | None, answers: Sequence[EvalAnswer]) -> None:
+        now = self._clock()
+        rows = (
+            {k: v for k, v in asdict(a).items() if k != "text"} | {"adapter": adapter, "at": now}
+            for a in answers
+        )
+        self.db["heldout_answers"].insert_all(rows)
 
     # -- samples by adapter: the deployment watch ------------------------------
 

@@ -117,3 +117,21 @@ def m005_decisions(db: sqlite_utils.Database) -> None:
         pk="id",
     )  # fmt: skip
     db["decisions"].create_index(["candidate_version"])
+
+
+@migrations()
+def m006_heldout_set(db: sqlite_utils.Database) -> None:
+    """The held-out prompts the gate measures on now (``retired_at`` NULL) and before,
+    and every held-out answer measured, so a refreshed set keeps its old results."""
+    db["heldout_set"].create(
+        {"serial": int, "prompt_id": str, "added_at": float, "retired_at": float}, pk="serial"
+    )
+    db["heldout_answers"].create(
+        {
+            "id": int, "at": float, "adapter": str, "prompt_id": str, "degenerate": int,
+            "length": int, "tokens": int, "finish_reason": str, "edits": int,
+            "reference_length": int,
+        },
+        pk="id",
+    )  # fmt: skip
+    db["heldout_answers"].create_index(["adapter"])
