@@ -237,7 +237,7 @@ class Loop:
         """Enough fresh pairs, and nothing that makes a round pointless (``readiness``)."""
         if self.store.count_fresh_pairs() < self.cfg.training.min_fresh_pairs:
             return False
-        blocked = self.canary_running() or self.training_blocked() or self._at_floor_after_refresh()
+        blocked = self.skip_reason()
         if blocked is not None and blocked != self._blocked_logged:
             log.warning("training round skipped", extra={"reason": blocked})
             self.store.record_event(
@@ -245,6 +245,10 @@ class Loop:
             )
         self._blocked_logged = blocked
         return blocked is None
+
+    def skip_reason(self) -> str | None:
+        """Why a round now would be thrown away (logged once by ``ready_to_train``)."""
+        return self.canary_running() or self.training_blocked() or self._at_floor_after_refresh()
 
     def canary_running(self) -> str | None:
         return readiness.canary_running(canaries.open_canary(self.store))

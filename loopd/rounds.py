@@ -76,10 +76,12 @@ def run_rounds(
 def _training_row(
     loop: Loop, number: int, on_progress: ProgressHook | None, clock: Callable[[], float]
 ) -> RoundRow:
-    if loop.store.count_fresh_pairs() == 0:
-        live = loop.deployer.live_name()
-        report = loop.evaluate(live)
-        return _row(number, live or "base", report, 0, 0.0, "skipped: no new loops", clock())
+    skipped = "no new loops" if loop.store.count_fresh_pairs() == 0 else loop.skip_reason()
+    if skipped:
+        live = loop.deployer.live()
+        report = loop.evaluate(loop.deployer.serving_name(live))
+        name = live.name if live else "base"
+        return _row(number, name, report, 0, 0.0, f"skipped: {skipped}", clock())
     report = loop.training_round(on_progress)
     pairs = report.fresh_pairs + report.replay_pairs
     seconds = report.train.seconds if report.train else 0.0
@@ -88,7 +90,9 @@ def _training_row(
         evaluated = loop.evaluate(loop.deployer.live_name())
         decision = f"{report.status}: {report.error}"
         return _row(number, name, evaluated, pairs, seconds, decision, clock())
-    decision = "promoted" if report.decision.promote else f"rejected: {report.decision.reason}"
+    decision = report.status
+    if report.status != "promoted":
+        decision += f": {loop.store.rounds(limit=1)[0]['decision']}"
     return _row(number, name, report.decision.candidate, pairs, seconds, decision, clock())
 
 
