@@ -10,17 +10,17 @@ import json
 from typing import Any
 
 from loopd.adapters import label
+from loopd.canary import open_canary
 from loopd.store import Store
 
 
 def snapshot(store: Store, *, rounds: int = 10, events: int = 20) -> dict[str, Any]:
     recent = store.rounds(rounds)
-    running = next((r for r in recent if r["status"] == "running"), None)
     decisions = store.decisions(limit=1)
     return {
         "live_version": store.live_version(),
         "pinned_version": store.pinned_version(),
-        "candidate": running and {"round": running["id"], "parent": running["parent_version"]},
+        "candidate": _candidate(store, recent),
         "last_decision": decisions[0] if decisions else None,
         "counts": store.counts(),
         "degeneration_rate_recent": store.recent_degeneration_rate(),
@@ -28,6 +28,17 @@ def snapshot(store: Store, *, rounds: int = 10, events: int = 20) -> dict[str, A
         "rounds": recent,
         "events": [_decoded(e) for e in store.events(events)],
     }
+
+
+def _candidate(store: Store, recent: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The adapter on its way in: a canary answering traffic, or a round training."""
+    canary = open_canary(store)
+    if canary is not None:
+        return {"round": canary.round_id, "version": canary.version.version, "stage": "canary"}
+    running = next((r for r in recent if r["status"] == "running"), None)
+    if running is None:
+        return None
+    return {"round": running["id"], "version": None, "stage": "training"}
 
 
 def _decoded(event: dict[str, Any]) -> dict[str, Any]:
@@ -48,8 +59,10 @@ def render(status: dict[str, Any]) -> str:
     if status["pinned_version"] is not None:
         pinned = label(status["pinned_version"])
         lines.insert(1, f"pinned            {pinned} (deployments frozen)")
-    if status["candidate"]:
-        lines.append(f"candidate         round {status['candidate']['round']} running")
+    candidate = status["candidate"]
+    if candidate:
+        what = label(candidate["version"]) if candidate["version"] else "a new adapter"
+        lines.append(f"candidate         {what}, round {candidate['round']} ({candidate['stage']})")
     kinds = status["rates_by_kind"]
     if kinds:
         lines.append("loop rate by kind " + ", ".join(

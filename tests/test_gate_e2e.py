@@ -17,6 +17,7 @@ from loopd.config import LoopdConfig
 from loopd.deploy import DeployRefused
 from loopd.inputs import resolve_inputs
 from loopd.loop import Loop
+from loopd.status import snapshot
 from loopd.store import Store
 
 
@@ -144,6 +145,7 @@ def test_a_canary_answers_its_share_of_sampling_before_it_is_promoted(
     assert report.decision.promote and report.status == "canary"
     assert loop.store.live_version() is None  # not yet: the canary decides
     assert "canary of v0001 (round 1) is still running" in loop.canary_running()
+    assert snapshot(loop.store)["candidate"] == {"round": 1, "version": 1, "stage": "canary"}
 
     restarted = loop_for(cfg)  # a daemon restart mid-canary resumes it
     restarted.recover()
