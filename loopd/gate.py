@@ -88,6 +88,14 @@ def _interval(cfg: GateConfig, statistic, *samples: Sequence[float]) -> tuple[fl
     )
 
 
+def _mean_change(
+    cfg: GateConfig, candidate: Sequence[float], live: Sequence[float], max_drop: float
+) -> tuple[float, tuple[float, float] | None, bool]:
+    """Mean per prompt, candidate minus live; its interval; whether it fell at most ``max_drop``."""
+    change = sum(candidate) / len(candidate) - sum(live) / len(live)
+    return change, _interval(cfg, mean_difference, candidate, live), change >= -max_drop
+
+
 def _span(interval: tuple[float, float] | None) -> str:
     return "" if interval is None else f" [{interval[0]:.3f}, {interval[1]:.3f}]"
 
@@ -151,11 +159,10 @@ def ending_check(pairs: Pairs, cfg: GateConfig) -> Check:
     both = _both_clean(pairs)
     if not both:
         return Check("ending", True, "endings not compared: no prompt both answer cleanly")
-    candidate = [float(c.ended) for c, _ in both]
-    live = [float(v.ended) for _, v in both]
-    change = sum(candidate) / len(both) - sum(live) / len(both)
-    interval = _interval(cfg, mean_difference, candidate, live)
-    passed = change >= -cfg.max_ending_drop
+    change, interval, passed = _mean_change(
+        cfg, [float(c.ended) for c, _ in both], [float(v.ended) for _, v in both],
+        cfg.max_ending_drop,
+    )  # fmt: skip
     detail = f"share of clean answers that end on their own changed by {change:+.3f}" + (
         _span(interval) if passed else f"{_span(interval)} (more than -{cfg.max_ending_drop})"
     )
@@ -168,11 +175,10 @@ def likelihood_check(likelihood: Likelihood | None, cfg: GateConfig) -> Check:
     if not ids:
         why = "the serving backend cannot score answers" if likelihood is None else "no clean"
         return Check("likelihood", True, f"likelihood not measured: {why} answers")
-    candidate = [likelihood.candidate[i] for i in ids]
-    live = [likelihood.live[i] for i in ids]
-    change = sum(candidate) / len(ids) - sum(live) / len(ids)
-    interval = _interval(cfg, mean_difference, candidate, live)
-    passed = change >= -cfg.max_likelihood_drop
+    change, interval, passed = _mean_change(
+        cfg, [likelihood.candidate[i] for i in ids], [likelihood.live[i] for i in ids],
+        cfg.max_likelihood_drop,
+    )  # fmt: skip
     detail = (
         f"log-likelihood of the live adapter's {len(ids)} clean answers changed by "
         f"{change:+.3f}{_span(interval)} nats/token"
@@ -224,9 +230,7 @@ def cer_check(referenced: Pairs, cfg: GateConfig) -> Check:
 def exact_match_check(referenced: Pairs, cfg: GateConfig) -> Check:
     candidate = [float(bool(c.exact)) for c, _ in referenced]
     live = [float(bool(v.exact)) for _, v in referenced]
-    change = (sum(candidate) - sum(live)) / len(referenced)
-    interval = _interval(cfg, mean_difference, candidate, live)
-    passed = change >= -cfg.max_exact_match_drop
+    change, interval, passed = _mean_change(cfg, candidate, live, cfg.max_exact_match_drop)
     detail = f"exact matches {int(sum(live))} -> {int(sum(candidate))} of {len(referenced)}"
     if not passed:
         detail = f"fewer exact matches: {detail} (share fell more than {cfg.max_exact_match_drop})"

@@ -63,6 +63,32 @@ def config(tmp_path: Path, embedded_dir: Path) -> LoopdConfig:
     )
 
 
+@pytest.fixture
+def daemon_config(config: LoopdConfig) -> LoopdConfig:
+    """The config for a daemon under test: any free port, jobs only when a test asks."""
+    return config.model_copy(
+        update={
+            "daemon": config.daemon.model_copy(update={"port": 0, "train_check_seconds": 3600}),
+            "sampling": config.sampling.model_copy(update={"interval_seconds": 3600}),
+        }
+    )
+
+
+@pytest.fixture
+def config_file(daemon_config: LoopdConfig, tmp_path: Path) -> Path:
+    """``daemon_config`` as a TOML file, for the CLI and ``loopd run`` in a subprocess."""
+    cfg = daemon_config
+    path = tmp_path / "loopd.toml"
+    path.write_text(
+        f'state_dir = "{cfg.state_dir}"\n'
+        f'[model]\nbase = "{cfg.model.base}"\n'
+        f'[sampling]\nprompts = ["{cfg.sampling.prompts[0]}"]\ninterval_seconds = 3600\n'
+        f'[gate]\nheldout = "{cfg.gate.heldout}"\n'
+        "[daemon]\nport = 0\ntrain_check_seconds = 3600\n"
+    )
+    return path
+
+
 @pytest.fixture(scope="session")
 def make_adapter(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``make_adapter(seed, rank=8) -> folder``: a saved LoRA with seeded random lora_B.

@@ -26,17 +26,8 @@ def wait_for(predicate, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def daemon_config(config: LoopdConfig) -> LoopdConfig:
-    return config.model_copy(
-        update={
-            "daemon": config.daemon.model_copy(update={"port": 0, "train_check_seconds": 3600}),
-            "sampling": config.sampling.model_copy(update={"interval_seconds": 3600}),
-        }
-    )
-
-
-def test_jobs_run_metrics_scrape_and_failures_are_counted(config: LoopdConfig) -> None:
-    cfg = daemon_config(config)
+def test_jobs_run_metrics_scrape_and_failures_are_counted(daemon_config: LoopdConfig) -> None:
+    cfg = daemon_config
     inputs = resolve_inputs(cfg)
     loop = Loop(
         cfg, inputs, backend=LocalBackend(inputs.base_model, threads=1), store=Store(cfg.db_path)
@@ -67,15 +58,8 @@ def test_jobs_run_metrics_scrape_and_failures_are_counted(config: LoopdConfig) -
         daemon.stop()
 
 
-def test_cli_daemon_logs_json_and_stops_on_sigterm(config: LoopdConfig, tmp_path: Path) -> None:
-    path = tmp_path / "loopd.toml"
-    path.write_text(
-        f'state_dir = "{config.state_dir}"\n'
-        f'[model]\nbase = "{config.model.base}"\n'
-        f'[sampling]\nprompts = ["{config.sampling.prompts[0]}"]\ninterval_seconds = 3600\n'
-        f'[gate]\nheldout = "{config.gate.heldout}"\n'
-        "[daemon]\nport = 0\ntrain_check_seconds = 3600\n"
-    )
+def test_cli_daemon_logs_json_and_stops_on_sigterm(config_file: Path) -> None:
+    path = config_file
     child = subprocess.Popen(
         [sys.executable, "-m", "loopd", "run", "--config", str(path)],
         stderr=subprocess.PIPE,

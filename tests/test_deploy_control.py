@@ -130,21 +130,9 @@ def cli(config_file: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def write_config(config: LoopdConfig, path: Path) -> Path:
-    path.write_text(
-        f'state_dir = "{config.state_dir}"\n'
-        f'[model]\nbase = "{config.model.base}"\n'
-        f'[sampling]\nprompts = ["{config.sampling.prompts[0]}"]\ninterval_seconds = 3600\n'
-        f'[gate]\nheldout = "{config.gate.heldout}"\n'
-        "[daemon]\nport = 0\ntrain_check_seconds = 3600\n"
-    )
-    return path
-
-
 def test_the_adapters_verbs_work_on_the_database_with_no_daemon(
-    config: LoopdConfig, store: Store, two_versions, tmp_path: Path
+    store: Store, two_versions, config_file: Path
 ) -> None:
-    config_file = write_config(config, tmp_path / "loopd.toml")
     promoted = cli(config_file, "promote", "v2")
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
     assert "v0002 is live" in promoted.stdout and "no daemon running" in promoted.stdout
@@ -173,20 +161,14 @@ def test_the_adapters_verbs_work_on_the_database_with_no_daemon(
 
 
 def test_the_adapters_verbs_go_through_a_running_daemon(
-    config: LoopdConfig, make_adapter: Callable[..., Path], tmp_path: Path
+    daemon_config: LoopdConfig, make_adapter: Callable[..., Path], config_file: Path
 ) -> None:
-    cfg = config.model_copy(
-        update={
-            "daemon": config.daemon.model_copy(update={"port": 0, "train_check_seconds": 3600}),
-            "sampling": config.sampling.model_copy(update={"interval_seconds": 3600}),
-        }
-    )
+    cfg = daemon_config
     inputs = resolve_inputs(cfg)
     backend = LocalBackend(inputs.base_model, threads=1)
     loop = Loop(cfg, inputs, backend=backend, store=Store(cfg.db_path))
     publish(cfg, loop.store, make_adapter(1), 1, None)
     publish(cfg, loop.store, make_adapter(2), 2, 1)
-    config_file = write_config(cfg, tmp_path / "loopd.toml")
     daemon = Daemon(loop)
     daemon.start()
     try:

@@ -1,4 +1,5 @@
-"""The gate's rules on held-out reports: significance, quality relative to live, refusals.
+"""The gate's rules on held-out reports: significance, quality relative to live, refusals;
+and the arithmetic of a report (CER, rates) they rest on.
 
 Reports are built answer by answer (the gate's input is plain data); the same rules on
 real adapters are in ``test_gate_e2e.py``.
@@ -11,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loopd.config import GateConfig
-from loopd.evaluate import report_of
+from loopd.evaluate import character_error_rate, report_of
 from loopd.gate import gate, heldout_too_small
 from loopd.stats import discordant_needed, improvement_p_value
 from loopd.types import EvalAnswer, EvalReport, Likelihood
@@ -39,6 +40,21 @@ def report(
         for i, n in enumerate(lengths)
     ]
     return report_of("x", rows)
+
+
+def test_cer_by_hand() -> None:
+    # kitten -> sitting: 2 substitutions + 1 insertion = 3 edits over 7 reference chars;
+    # "abc" vs "abc": 0 edits over 3; total 3 / 10.
+    assert character_error_rate(["kitten", "abc"], ["sitting", "abc"]) == pytest.approx(0.3)
+    assert character_error_rate([" a b "], ["a b"]) == 0.0
+
+
+def test_a_report_adds_up_its_answers() -> None:
+    summed = report([100, 50, 300], loops={2}, reference=100)
+    assert summed.degeneration_rate == pytest.approx(1 / 3)
+    assert summed.cer == pytest.approx((0 + 50 + 200) / 300)
+    assert summed.length_ratio == pytest.approx(150 / 200)  # clean answers only
+    assert summed.mean_clean_length == 75
 
 
 def live_and_fixed(prompts: int, loops: int, fixed: int, **kw) -> tuple[EvalReport, EvalReport]:

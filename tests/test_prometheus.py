@@ -42,14 +42,9 @@ def query(url: str, expression: str) -> list[dict]:
 
 
 def test_prometheus_scrapes_loopd_metrics(
-    config: LoopdConfig, tmp_path: Path, prometheus_bin: str
+    daemon_config: LoopdConfig, tmp_path: Path, prometheus_bin: str
 ) -> None:
-    cfg = config.model_copy(
-        update={
-            "daemon": config.daemon.model_copy(update={"port": 0, "train_check_seconds": 3600}),
-            "sampling": config.sampling.model_copy(update={"interval_seconds": 3600}),
-        }
-    )
+    cfg = daemon_config
     inputs = resolve_inputs(cfg)
     loop = Loop(
         cfg, inputs, backend=LocalBackend(inputs.base_model, threads=1), store=Store(cfg.db_path)
