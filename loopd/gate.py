@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from loopd.config import GateConfig
 from loopd.stats import (
     discordant_needed,
+    format_p,
     improvement_p_value,
     mean_difference,
     paired_interval,
@@ -118,7 +119,7 @@ def degeneration_check(pairs: Pairs, cfg: GateConfig) -> Check:
     passed = significant and drop > cfg.min_degeneration_drop
     detail = (
         f"fixed {fixed} loops, caused {broke}, of {len(pairs)} prompts (exact McNemar "
-        f"p = {p_value:.4f}{' <=' if significant else ', not significant at'} "
+        f"p = {format_p(p_value)}{' <=' if significant else ', not significant at'} "
         f"{cfg.significance}); degeneration drop {drop:.3f}{_span(interval)}"
     )
     if significant and not passed:

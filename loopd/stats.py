@@ -35,6 +35,15 @@ def improvement_p_value(improved: int, worsened: int) -> float:
     return float(binomtest(improved, discordant, 0.5, alternative="greater").pvalue)
 
 
+def format_p(p_value: float) -> str:
+    """``0.0312``, or ``6.0e-08`` for the small ones a fixed four decimals shows as 0.
+
+    >>> format_p(0.03125), format_p(5.96e-08)
+    ('0.0312', '6.0e-08')
+    """
+    return f"{p_value:.4f}" if p_value >= 1e-4 else f"{p_value:.1e}"
+
+
 def discordant_needed(significance: float) -> int:
     """Fewest fixed prompts that can reach ``significance`` (all fixed, none broken).
 

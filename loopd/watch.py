@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from loopd.config import LoopdConfig
 from loopd.deploy import Deployer, DeployRefused
-from loopd.stats import rate_rise_p_value
+from loopd.stats import format_p, rate_rise_p_value
 from loopd.types import Check
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def verdict(
     detail = (
         f"loop rate {rate_after:.3f} ({after[0]}/{after[1]} samples) {labels[1]} vs "
         f"{rate_before:.3f} ({before[0]}/{before[1]}) {labels[0]}: rise {rise:+.3f}, "
-        f"Fisher p = {p_value:.4f}"
+        f"Fisher p = {format_p(p_value)}"
     )
     check = Check(
         "live_rate", not rollback, detail, rise, None, f"<= +{max_rise} or p > {significance}"
