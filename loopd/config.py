@@ -10,12 +10,13 @@ prompt files, built once under ``state_dir``.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from loopd.backends.vllm_config import VllmConfig
 from loopd.detect import DetectorConfig
@@ -183,6 +184,18 @@ class TrainingConfig(Section):
     timeout_seconds: float = Field(
         900.0, gt=0, description="A round's child process is killed after this long."
     )
+    retry_backoff_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="After a failed round, wait this long before the next try on the same "
+        "pairs and settings, doubling after each further failure (at most an hour).",
+    )
+    max_failed_attempts: int = Field(
+        3,
+        ge=1,
+        description="Failed rounds in a row on the same pairs and settings after which they "
+        "are quarantined: no more rounds until the settings change or new pairs arrive.",
+    )
     seed: int = Field(0, description="Seed of the training round.")
     threads: int | None = Field(
         1, gt=0, description="torch threads in the trainer process; unset = torch's."
@@ -319,6 +332,9 @@ class DeployConfig(Section):
     )
 
 
+ADMIN_TOKEN_ENV = "LOOPD_ADMIN_TOKEN"
+
+
 class DaemonConfig(Section):
     host: str = Field("127.0.0.1", description="Address of the HTTP endpoints.")
     port: int = Field(9464, ge=0, le=65535, description="Port of /metrics and /healthz (0 = any).")
@@ -330,6 +346,18 @@ class DaemonConfig(Section):
         30.0, gt=0, description="How often to check whether enough fresh pairs exist."
     )
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
+    admin_token: SecretStr | None = Field(
+        default_factory=lambda: os.environ.get(ADMIN_TOKEN_ENV) or None,
+        min_length=16,
+        description="Bearer token the admin endpoints (POST: promote, rollback, pin, unpin) "
+        f"require; default ${ADMIN_TOKEN_ENV}. Unset: they are disabled.",
+    )
+    shutdown_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="On SIGTERM, how long running jobs get to finish (a training child is "
+        "killed at once) before the daemon exits anyway.",
+    )
 
 
 class LoopdConfig(Section):

@@ -10,19 +10,28 @@ Jobs (APScheduler, one thread each):
 A job never overlaps itself (``max_instances=1``, missed runs coalesced). A job that
 raises is logged with its traceback and counted in ``loopd_job_runs{outcome="error"}``;
 the daemon carries on and the job runs again at its next time. SIGTERM and SIGINT stop
-it cleanly: running jobs finish (a training child is waited for), then the server stops.
+it cleanly: a training child is killed at once, other running jobs get
+``daemon.shutdown_timeout_seconds`` to finish, then the server stops.
+
+Serving down at start is not fatal: the daemon starts its endpoints (``/healthz`` says
+503), and every job first retries recovery (loading the live adapter) until serving is
+back; nothing runs against serving before that.
 
 HTTP: ``/metrics`` (Prometheus), ``/healthz`` (serving reachable), ``/status`` (JSON),
 and the operator's adapter verbs (``loopd adapters``): ``GET /adapters``,
 ``GET /adapters/N``, ``POST /adapters/N/promote``, ``POST /adapters/N/pin``,
-``POST /adapters/rollback``, ``POST /adapters/unpin``. A refused verb (a pin, nothing
+``POST /adapters/rollback``, ``POST /adapters/unpin``. Every POST needs
+``Authorization: Bearer <daemon.admin_token>`` (401 without it, compared in constant
+time; 403 when no token is configured: admin disabled). A refused verb (a pin, nothing
 to roll back) is a 409 with the reason; an unknown version a 404; serving that cannot
 load the adapter a 502, with the old adapter still live. The address the daemon
-listens on is written to ``STATE/daemon.json`` so the CLI finds it even on port 0.
+listens on is written to ``STATE/daemon.json`` (mode 0600) so the CLI finds it even on
+port 0.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -61,6 +70,8 @@ class Daemon:
         self.metrics = metrics or Metrics(loop.store)
         self.scheduler = BackgroundScheduler(job_defaults={"max_instances": 1, "coalesce": True})
         self.stopped = threading.Event()
+        self.recovered = threading.Event()
+        self._recovering = threading.Lock()  # the sample and train jobs both try it
         self.http: ThreadingHTTPServer | None = None
 
     # -- jobs ------------------------------------------------------------------
@@ -69,6 +80,7 @@ class Daemon:
         """Run one job, counting and logging its outcome; never raises."""
         started = time.perf_counter()
         try:
+            self.ensure_recovered()
             work()
         except Exception:
             log.exception("job failed", extra={"job": name})
@@ -78,6 +90,15 @@ class Daemon:
             self.metrics.job_seconds.labels(name).observe(time.perf_counter() - started)
         self.metrics.job_runs.labels(name, "ok").inc()
         return True
+
+    def ensure_recovered(self) -> None:
+        """Recover once (live adapter loaded, leftovers cleared); raise while serving is down."""
+        with self._recovering:
+            if self.recovered.is_set():
+                return
+            restored = self.loop.recover()
+            self.recovered.set()
+        log.info("recovery complete", extra={"live_version": restored and restored.version})
 
     def train_if_ready(self) -> None:
         if self.loop.ready_to_train():
@@ -102,8 +123,11 @@ class Daemon:
     # -- life cycle ------------------------------------------------------------
 
     def start(self) -> None:
-        restored = self.loop.recover()
-        log.info("daemon starting", extra={"live_version": restored and restored.version})
+        log.info("daemon starting", extra={"admin": self._admin_state()})
+        try:
+            self.ensure_recovered()
+        except Exception as error:  # serving down: jobs retry recovery until it is back
+            log.error("recovery failed; retried before every job", extra={"error": str(error)})
         self.http = _serve_http(self, self.cfg.daemon.host, self.cfg.daemon.port)
         self._write_address()
         self._schedule("sample", self.loop.sample_round, self.cfg.sampling.interval_seconds)
@@ -115,10 +139,24 @@ class Daemon:
     def address_file(self):
         return self.cfg.state_dir / "daemon.json"
 
+    def _admin_state(self) -> str:
+        if self.cfg.daemon.admin_token is None:
+            return "disabled: set daemon.admin_token (or $LOOPD_ADMIN_TOKEN) to enable it"
+        return "enabled (bearer token)"
+
+    def authorized(self, header: str | None) -> bool:
+        """Constant-time check of an ``Authorization: Bearer …`` header."""
+        token = self.cfg.daemon.admin_token
+        if token is None or header is None:
+            return False
+        expected = f"Bearer {token.get_secret_value()}".encode()
+        return hmac.compare_digest(header.encode(), expected)
+
     def _write_address(self) -> None:
         address = {"host": self.cfg.daemon.host, "port": self.port, "pid": os.getpid()}
         staging = self.address_file.with_suffix(".json.tmp")
         staging.write_text(json.dumps(address))
+        staging.chmod(0o600)
         staging.replace(self.address_file)
 
     @property
@@ -131,12 +169,22 @@ class Daemon:
         self.stopped.set()
         self.loop.cancel.set()
         log.info("daemon stopping")
-        self.scheduler.shutdown(wait=True)
+        self._stop_jobs(self.cfg.daemon.shutdown_timeout_seconds)
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
             self.address_file.unlink(missing_ok=True)
         self.loop.backend.close()
+
+    def _stop_jobs(self, timeout: float) -> None:
+        """Let running jobs finish, but not forever: a hung job must not block exit."""
+        stopper = threading.Thread(target=self.scheduler.shutdown, kwargs={"wait": True})
+        stopper.start()
+        stopper.join(timeout)
+        if stopper.is_alive():
+            log.warning(
+                "jobs still running at shutdown; exiting anyway", extra={"after_s": timeout}
+            )
 
     def run_forever(self) -> None:
         """Start, then block until SIGTERM or SIGINT, then stop cleanly."""
@@ -180,6 +228,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"not found: try /metrics, /healthz, /status or /adapters\n")
 
     def do_POST(self) -> None:
+        if not self._admin_allowed():
+            return
         deployer = self.daemon.loop.deployer
         if match := re.fullmatch(r"/adapters/(\d+)/(promote|pin)", self.path):
             verb = control.ACTIONS[match[2]]
@@ -189,6 +239,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._act(lambda: verb(deployer).__dict__)
         else:
             self._json(404, {"error": f"no such action: POST {self.path}"})
+
+    def _admin_allowed(self) -> bool:
+        if self.daemon.cfg.daemon.admin_token is None:
+            self._json(403, {"error": "admin API disabled: set daemon.admin_token and restart"})
+            return False
+        if not self.daemon.authorized(self.headers.get("Authorization")):
+            self._json(401, {"error": "missing or wrong bearer token (daemon.admin_token)"})
+            return False
+        return True
 
     def _act(self, action: Callable[[], Any]) -> None:
         """Run an operator's verb; policy refusals and bad versions are 4xx, not 500s."""

@@ -12,6 +12,11 @@ live adapter's parent, or *pin* the live version, which freezes every deployment
 rollback until it is unpinned. A version that was rolled back is never promoted again
 automatically. One lock serializes all of it, so an operator's command and a round's
 deployment never interleave.
+
+Every load first checks the version folder against its manifest's checksums and that it
+lies inside the registry (``AdapterRegistry.verify``): a corrupted, tampered or foreign
+folder is never sent to serving. If the live version itself fails that check at start,
+the newest intact ancestor serves instead (event ``rolled_back``, source ``integrity``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import logging
 import threading
 from typing import Any
 
-from loopd.adapters import BASE, MANIFEST, label
+from loopd import failpoints
+from loopd.adapters import BASE, AdapterCorrupt, AdapterRegistry, label
 from loopd.backends import AdapterLoadError, ServingBackend
 from loopd.store import Store
 from loopd.types import AdapterVersion, GenerationRequest, Prompt
@@ -44,12 +50,14 @@ class Deployer:
         backend: ServingBackend | None,
         store: Store,
         *,
+        registry: AdapterRegistry,
         prefix: str,
         probe: Prompt = PROBE,
         watch_samples: int = 0,
     ):
         self.backend = backend
         self.store = store
+        self.registry = registry
         self.prefix = prefix
         self.probe = probe
         self.watch_samples = watch_samples
@@ -101,6 +109,7 @@ class Deployer:
             try:
                 self._ensure_loaded(version)
                 self._probe(version)
+                failpoints.reach("deploy.loaded")
             except (AdapterLoadError, DeployFailed) as error:
                 self.store.record_event(
                     "deploy_failed", version=version.version, round_id=round_id, error=str(error)
@@ -117,6 +126,7 @@ class Deployer:
             )
             name = self.serving_name(version)
             log.info("adapter deployed", extra={"version": version.version, "adapter": name})
+            failpoints.reach("deploy.recorded")
             self._retire_all_but(version)
 
     def _watch_baseline(self, previous: AdapterVersion | None) -> dict[str, Any]:
@@ -144,7 +154,7 @@ class Deployer:
             try:
                 if parent is not None:
                     self._ensure_loaded(parent)
-            except AdapterLoadError as error:
+            except (AdapterLoadError, DeployFailed) as error:
                 raise DeployFailed(
                     f"rollback failed, {current.name} still live: {error}"
                 ) from error
@@ -181,12 +191,56 @@ class Deployer:
             return pinned
 
     def restore(self) -> AdapterVersion | None:
-        """After a (re)start, load what the store says is live, and its rollback parent."""
+        """After a (re)start, load what the store says is live, and its rollback parent.
+
+        A live version whose files no longer match their checksums is not loaded: its
+        newest intact ancestor (or the base model) is made live and the event says why.
+        """
         live = self.live()
+        if live is None:
+            return None
+        try:
+            self.registry.verify(live.path)
+        except AdapterCorrupt as error:
+            live = self._fall_back_from(live, error)
         if live is not None:
             self._ensure_loaded(live)
-            self._retire_all_but(live)
+        self._retire_all_but(live)
         return live
+
+    def _fall_back_from(
+        self, broken: AdapterVersion, error: AdapterCorrupt
+    ) -> AdapterVersion | None:
+        ancestor = self._intact_ancestor(broken)
+        log.error(
+            "live adapter failed its integrity check; serving its intact ancestor",
+            extra={
+                "version": broken.version,
+                "error": str(error),
+                "now_live": label(ancestor and ancestor.version),
+            },
+        )
+        self.store.record_event(
+            "rolled_back",
+            version=None if ancestor is None else ancestor.version,
+            previous=broken.version,
+            source="integrity",
+            reason=str(error),
+        )
+        return ancestor
+
+    def _intact_ancestor(self, version: AdapterVersion) -> AdapterVersion | None:
+        parent = version.parent
+        while parent is not None:
+            candidate = self.store.adapter_version(parent)
+            if candidate is None:
+                return None
+            try:
+                self.registry.verify(candidate.path)
+                return candidate
+            except AdapterCorrupt:
+                parent = candidate.parent
+        return None
 
     def load(self, version: AdapterVersion) -> None:
         """Load ``version`` beside what serves (a candidate), under its serving name."""
@@ -194,13 +248,26 @@ class Deployer:
             self._ensure_loaded(version)
 
     def _ensure_loaded(self, version: AdapterVersion) -> None:
-        if self.backend is None:
-            if not (version.path / MANIFEST).is_file():
-                raise DeployFailed(f"{version.name}: {version.path} is not a complete adapter")
-            return
+        """Load ``version`` unless it serves already; only an intact registry folder."""
         name = self.serving_name(version)
-        if name not in self.backend.adapters():
+        if self.backend is not None and name in self.backend.adapters():
+            return
+        try:
+            self.registry.verify(version.path)
+        except AdapterCorrupt as error:
+            raise DeployFailed(f"{version.name} refused: {error}") from error
+        if self.backend is not None:
             self.backend.load_adapter(name, version.path)
+
+    def _keep_ready_for_rollback(self, parent: AdapterVersion) -> None:
+        """Load the parent beside the live one; a parent that cannot load only warns (a
+        rollback to it would then fail and say why, with the live one still serving)."""
+        try:
+            self._ensure_loaded(parent)
+        except (AdapterLoadError, DeployFailed) as error:
+            log.warning(
+                "rollback parent not loaded", extra={"version": parent.version, "error": str(error)}
+            )
 
     def _probe(self, version: AdapterVersion) -> None:
         if self.backend is None:
@@ -219,7 +286,7 @@ class Deployer:
             parent = self.store.adapter_version(live.parent)
         keep = {self.serving_name(live), self.serving_name(parent), *self.protected}
         if parent is not None:
-            self._ensure_loaded(parent)
+            self._keep_ready_for_rollback(parent)
         if self.backend is None:
             return
         for name in self.backend.adapters():

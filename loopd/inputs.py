@@ -8,7 +8,8 @@ with training, and it must be large enough for the gate to ever reach significan
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def resolve_inputs(
     Config validation allows only the two (a real model with the embedded prompts would
     run and measure nothing); the embedded default is built here on first use.
     """
+    cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # prompts, answers, weights
     if cfg.model.base is None:
         spec = EmbeddedSpec(seed=cfg.model.embedded_seed)
         embedded = ensure_embedded(cfg.embedded_dir, spec, progress)
@@ -43,16 +45,37 @@ def resolve_inputs(
         heldout_file = embedded / HELDOUT_FILE
     else:
         base, train_files, heldout_file = cfg.model.base, cfg.sampling.prompts, cfg.gate.heldout
-    train = [p for path in train_files for p in read_prompts(path)]
-    heldout = read_prompts(heldout_file)
+    files = [(path, read_prompts(path)) for path in [*train_files, heldout_file]]
+    refuse_reused_ids(files)
+    train = [p for _, prompts in files[:-1] for p in prompts]
+    heldout = files[-1][1]
     active = min(len(heldout), cfg.gate.heldout_size or len(heldout))
     too_small = heldout_too_small(active, cfg.gate.significance)
     if too_small:
         raise ValueError(f"gate.heldout ({heldout_file}): {too_small}")
-    overlap = {p.id for p in train} & {p.id for p in heldout}
-    if overlap:
-        raise ValueError(
-            f"{len(overlap)} held-out prompt ids are also training prompts (e.g. "
-            f"{sorted(overlap)[0]!r}); the gate must measure prompts never trained on"
-        )
     return Inputs(base_model=base, train_prompts=train, heldout=heldout)
+
+
+def refuse_reused_ids(files: Sequence[tuple[Path, list[Prompt]]]) -> None:
+    """Every prompt id names one prompt: samples, pairs and held-out answers join on it.
+
+    The same id twice (in one file, or in two: also one file named twice) would mix two
+    prompts' answers; an id shared by the training and held-out files would let the gate
+    measure prompts it trained on.
+    """
+    seen: dict[str, tuple[int, Path]] = {}
+    for index, (path, prompts) in enumerate(files):
+        twice = next((id for id, n in Counter(p.id for p in prompts).items() if n > 1), None)
+        if twice is not None:
+            raise ValueError(_reused(twice, f"{path} (twice)"))
+        for prompt in prompts:
+            first, first_path = seen.setdefault(prompt.id, (index, path))
+            if first != index:
+                raise ValueError(_reused(prompt.id, f"{first_path} and {path}"))
+
+
+def _reused(prompt_id: str, where: str) -> str:
+    return (
+        f"prompt id {prompt_id!r} is used in {where}; give every prompt its own id "
+        "(held-out prompts must also never be training prompts)"
+    )

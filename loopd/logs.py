@@ -47,4 +47,6 @@ def configure(fmt: str = "json", level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("loopd").setLevel(level)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # "skipped: maximum number of running instances reached" is the intended no-overlap
+    # rule (a round outlasts many checks), not news; job failures loopd logs itself
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from loopd import canary as canaries
 from loopd import detect as detector
-from loopd import heldout, readiness
+from loopd import failpoints, heldout, readiness
 from loopd.adapters import AdapterRegistry
 from loopd.backends import ServingBackend
 from loopd.config import LoopdConfig
@@ -32,7 +32,7 @@ from loopd.inputs import Inputs
 from loopd.pair import make_pair, wants_resample
 from loopd.sample import draw, sample
 from loopd.store import Store
-from loopd.train import ProgressHook, TrainingFailed, run_round
+from loopd.train import ProgressHook, TrainingFailed, kill_orphan_trainers, run_round
 from loopd.types import (
     AdapterVersion,
     Completion,
@@ -40,6 +40,7 @@ from loopd.types import (
     EvalReport,
     GateDecision,
     GenerationRequest,
+    Pair,
     Prompt,
     Sample,
     TrainResult,
@@ -87,6 +88,7 @@ class Loop:
         self.deployer = Deployer(
             backend,
             store,
+            registry=self.registry,
             prefix=cfg.deploy.adapter_prefix,
             watch_samples=cfg.deploy.watch_samples,
         )
@@ -100,16 +102,19 @@ class Loop:
         Returns the live version (None: the bare base model serves).
         """
         live = self.deployer.restore()
+        failpoints.reach("recover.restored")
         canary = canaries.open_canary(self.store)
         if canary is not None:  # resume it: the candidate answers its share again
             self.deployer.protected.add(self.deployer.serving_name(canary.version))
             self.deployer.load(canary.version)
+        orphans = kill_orphan_trainers(self.registry.root)
         removed = self.registry.clean_staging()
         interrupted = self.store.interrupt_running_rounds()
         log.info(
             "recovered",
             extra={
                 "live_version": live and live.version,
+                "orphan_trainers_killed": orphans,
                 "staging_removed": removed,
                 "rounds_interrupted": interrupted,
             },
@@ -163,8 +168,13 @@ class Loop:
             candidate = self.deployer.serving_name(canary.version)
             completions += self._sample(prompts[:share], candidate, seed)
         stored = self.store.add_samples([(p, c, self.detect(c)) for p, c in completions])
+        failpoints.reach("sample.stored")
         degenerate = sum(s.detection.degenerate for s in stored)
-        log.info("sampled", extra={"samples": len(stored), "degenerate": degenerate})
+        ids = [s.id for s in stored]
+        log.info(
+            "sampled",
+            extra={"samples": len(stored), "degenerate": degenerate, "ids": ids[:1] + ids[-1:]},
+        )
         report = SampleReport(samples=len(stored), degenerate=degenerate, pairs=self.pair_fresh())
         if canary is not None:
             self._judge_canary(canary)
@@ -205,6 +215,7 @@ class Loop:
         ]
         made = [p for p in pairs if p is not None]
         self.store.add_pairs(made, handled_sample_ids=[s.id for s in samples])
+        failpoints.reach("pair.stored")
         log.info(
             "paired",
             extra={"samples": len(samples), "pairs": len(made), "resampled": len(resamples)},
@@ -254,7 +265,9 @@ class Loop:
         return readiness.canary_running(canaries.open_canary(self.store))
 
     def training_blocked(self) -> str | None:
-        return readiness.repeated_failure(self.store, self._attempt_key())
+        return readiness.repeated_failure(
+            self.store, self._attempt_key(), self.cfg.training, self.clock()
+        )
 
     def live_at_floor(self) -> str | None:
         report = self.evaluate(self.deployer.live_name())
@@ -274,6 +287,8 @@ class Loop:
         return self.heldout.report(adapter)
 
     def training_round(self, on_progress: ProgressHook | None = None) -> RoundReport:
+        """One round, recorded from start to end: whatever goes wrong after it started
+        (a bug, a full disk, a locked database) ends it as failed, never left running."""
         fresh = self.store.fresh_pairs(self.cfg.training.max_fresh_pairs)
         replay_count = round(len(fresh) * self.cfg.training.replay_fraction)
         replay = self.store.replay_pairs(replay_count, seed=self.cfg.training.seed + len(fresh))
@@ -281,6 +296,20 @@ class Loop:
         round_id = self.store.start_round(
             parent_version=_version_of(live), attempt_key=self._attempt_key()
         )
+        try:
+            return self._train_gate_deploy(round_id, fresh, replay, live, on_progress)
+        except Exception as error:
+            log.exception("training round broke", extra={"round": round_id})
+            return self._failed(round_id, "failed", error, len(fresh), len(replay))
+
+    def _train_gate_deploy(
+        self,
+        round_id: int,
+        fresh: list[Pair],
+        replay: list[Pair],
+        live: AdapterVersion | None,
+        on_progress: ProgressHook | None,
+    ) -> RoundReport:
         version = self._next_version()
         staging = self.registry.staging_dir(version)
         log.info(
@@ -296,13 +325,13 @@ class Loop:
                 on_progress=on_progress,
                 cancel=self.cancel,
             )
+            if result.metrics.get("misaligned_pairs"):
+                log.warning("pairs misaligned with their prompt", extra=result.metrics)
+            candidate = self._publish(staging, version, live, round_id, result, fresh)
         except TrainingFailed as error:
-            shutil.rmtree(staging, ignore_errors=True)
             return self._failed(round_id, "failed", error, len(fresh), len(replay))
-        if result.metrics.get("misaligned_pairs"):
-            log.warning("pairs misaligned with their prompt", extra=result.metrics)
-        self.store.mark_trained([p.id for p in fresh], round_id)
-        candidate = self._publish(staging, version, live, round_id, result)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone once published; else leftovers
         return self._gate_and_deploy(round_id, candidate, live, result, len(fresh), len(replay))
 
     def _next_version(self) -> int:
@@ -316,7 +345,9 @@ class Loop:
         live: AdapterVersion | None,
         round_id: int,
         result: TrainResult,
+        fresh: Sequence[Pair],
     ) -> AdapterVersion:
+        """Seal the adapter, then record it and mark its pairs trained together."""
         details = {k: v for k, v in asdict(result).items() if k != "adapter_dir"}
         candidate = self.registry.publish(
             staging,
@@ -325,7 +356,9 @@ class Loop:
             round_id=round_id,
             details=details,
         )
-        self.store.add_adapter_version(candidate)
+        failpoints.reach("train.published")
+        self.store.add_trained_version(candidate, pair_ids=[p.id for p in fresh], round_id=round_id)
+        failpoints.reach("train.recorded")
         return candidate
 
     def _gate_and_deploy(
@@ -349,6 +382,11 @@ class Loop:
         self.store.record_gate_decision(
             decision, round_id=round_id, candidate=candidate.version, live=_version_of(live)
         )
+        log.info(
+            "gate decided",
+            extra={"round": round_id, "version": candidate.version, "promote": decision.promote},
+        )
+        failpoints.reach("gate.decided")
         fields = self._round_fields(candidate, result, fresh, replay)
         if decision.promote and self.cfg.gate.canary_share > 0:
             self.deployer.protected.add(name)  # stays loaded: it answers its share
@@ -413,9 +451,11 @@ class Loop:
         self, name: str, candidate: AdapterVersion, live: AdapterVersion | None
     ) -> GateDecision:
         """Load the candidate beside the live adapter and gate it on the held-out set."""
-        self.backend.load_adapter(name, candidate.path)
+        log.info("evaluating candidate", extra={"version": candidate.version})
+        self.deployer.load(candidate)  # checksums and registry confinement first
         live_name = self.deployer.serving_name(live)
         live_report = self.evaluate(live_name)
+        failpoints.reach("evaluate.measured")
         likelihood = self.heldout.likelihood(live_name, name)
         return gate(self.evaluate(name), live_report, self.cfg.gate, likelihood)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
+from itertools import takewhile
 
 from loopd.canary import Canary
 from loopd.config import TrainingConfig
@@ -18,6 +20,7 @@ from loopd.store import Store
 from loopd.types import EvalReport
 
 REPEATED_FAILURES = 2  # the same failure this many times in a row stops retries
+MAX_BACKOFF_SECONDS = 3600.0
 
 
 def canary_running(canary: Canary | None) -> str | None:
@@ -37,20 +40,38 @@ def attempt_key(store: Store, cfg: TrainingConfig) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def repeated_failure(store: Store, key: str) -> str | None:
+def repeated_failure(store: Store, key: str, cfg: TrainingConfig, now: float) -> str | None:
     """Why the next round would only repeat a failure, or None when it may run.
 
-    A round that failed the same way twice with the same settings, the same live adapter
-    and the same fresh pairs would fail a third time (an out-of-memory at one pair per
-    micro-batch, every pair too long, a trainer that cannot load the model): it waits
-    until one of those changes, by config or by new pairs.
+    Failures in a row on the same settings, live adapter and fresh pairs (``key``):
+
+    - the same kind twice (an out-of-memory at one pair per micro-batch, every pair too
+      long, LoRA targets the model lacks) would fail a third time: it waits until one of
+      those changes, by config or by new pairs;
+    - ``training.max_failed_attempts`` of any kind: quarantined the same way;
+    - otherwise the next try waits ``training.retry_backoff_seconds``, doubled per failure
+      (capped at an hour), so a flaky failure is retried without hammering the machine.
     """
-    kinds = store.failures_of(key, limit=REPEATED_FAILURES)
-    if len(kinds) == REPEATED_FAILURES and kinds[0] is not None and len(set(kinds)) == 1:
+    recent = store.failures_of(key, limit=max(REPEATED_FAILURES, cfg.max_failed_attempts))
+    run = list(takewhile(lambda failure: failure[0] is not None, recent))
+    kinds = [kind for kind, _ in run]
+    if len(kinds) >= REPEATED_FAILURES and len(set(kinds[:REPEATED_FAILURES])) == 1:
         return (
-            f"the last {REPEATED_FAILURES} rounds on these pairs and settings failed the "
-            f"same way ({kinds[0]}); change the training settings or wait for new pairs"
+            f"quarantined: the last {REPEATED_FAILURES} rounds on these pairs and settings "
+            f"failed the same way ({kinds[0]}); change the training settings or wait for new "
+            "pairs"
         )
+    if len(kinds) >= cfg.max_failed_attempts:
+        return (
+            f"quarantined: {len(kinds)} rounds in a row on these pairs and settings failed "
+            f"({', '.join(kinds)}); change the training settings or wait for new pairs"
+        )
+    if kinds:
+        wait = min(cfg.retry_backoff_seconds * 2 ** (len(kinds) - 1), MAX_BACKOFF_SECONDS)
+        retry_at = run[0][1] + wait
+        if now < retry_at:
+            when = datetime.fromtimestamp(retry_at, UTC).isoformat(timespec="seconds")
+            return f"backing off after {len(kinds)} failed round(s) ({kinds[0]}): retry at {when}"
     return None
 
 

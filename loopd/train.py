@@ -21,6 +21,7 @@ Python traceback, with TRL's and transformers' progress-bar noise removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 ProgressHook = Callable[[int, int, float | None], None]
 TRAINER_COMMAND = (sys.executable, "-m", "loopd.backends.trl_dpo")
 POLL_SECONDS = 0.5
+PID_FILE = "trainer.pid"
+PARENT_ENV = "LOOPD_PARENT_PID"  # the child exits when this process is gone (trl_dpo)
 # glibc's adaptive mmap threshold lets freed activation buffers pile up in its heap: the
 # same DPO step peaked at 14.3 GB instead of 11.2 (SmolLM2, micro-batch 4 × 591 tokens).
 # A fixed threshold returns every large buffer to the OS on free (loopd.memory).
@@ -129,7 +132,8 @@ def _attempt(
     on_progress: ProgressHook | None,
     cancel: threading.Event | None,
 ) -> TrainResult:
-    with tempfile.TemporaryDirectory(prefix="loopd-train-") as scratch:
+    out_dir = Path(job["out_dir"])  # the job (every prompt) lives beside it, inside state_dir
+    with tempfile.TemporaryDirectory(prefix=f"{out_dir.name}.job-", dir=out_dir.parent) as scratch:
         job = job | {"result_path": str(Path(scratch) / "result.json")}
         job_path = Path(scratch) / "job.json"
         job_path.write_text(json.dumps(job))
@@ -166,8 +170,9 @@ def _run_child(
             stderr=stderr,
             text=True,
             start_new_session=True,
-            env=os.environ | TRAINER_ENVIRONMENT,
+            env=os.environ | TRAINER_ENVIRONMENT | {PARENT_ENV: str(os.getpid())},
         )
+        (stderr_path.parent / PID_FILE).write_text(str(child.pid))
         reader = threading.Thread(
             target=_relay, args=(child.stdout, on_progress, report), daemon=True
         )
@@ -178,6 +183,30 @@ def _run_child(
             reader.join(timeout=5)
     if code != 0:
         raise _failure(code, report, error_tail(stderr_path.read_text()))
+
+
+def kill_orphan_trainers(root: Path) -> int:
+    """Kill trainers a dead daemon left behind under ``root``; returns how many.
+
+    Each round's scratch folder holds its child's pid; the child also exits by itself once
+    its parent is gone, so this only closes the window before it notices.
+    """
+    killed = 0
+    for pid_file in root.glob(f"*/{PID_FILE}"):
+        pid = int(pid_file.read_text() or 0)
+        if pid and _is_trainer(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+def _is_trainer(pid: int) -> bool:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return TRAINER_COMMAND[-1].encode() in command
 
 
 def _failure(code: int, report: _ChildReport, stderr_tail: str) -> TrainingFailed:

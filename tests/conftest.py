@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from pydantic import SecretStr
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loopd.backends.local import LocalBackend
@@ -21,6 +22,7 @@ from loopd.config import LoopdConfig
 from loopd.embedded import HELDOUT_FILE, MODEL_DIRNAME, TRAIN_FILE, ensure_embedded
 from loopd.store import Store
 
+ADMIN_TOKEN = "test-admin-token-0123456789"  # the daemons under test require it
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -68,10 +70,22 @@ def daemon_config(config: LoopdConfig) -> LoopdConfig:
     """The config for a daemon under test: any free port, jobs only when a test asks."""
     return config.model_copy(
         update={
-            "daemon": config.daemon.model_copy(update={"port": 0, "train_check_seconds": 3600}),
+            "daemon": config.daemon.model_copy(
+                update={
+                    "port": 0,
+                    "train_check_seconds": 3600,
+                    "admin_token": SecretStr(ADMIN_TOKEN),
+                }
+            ),
             "sampling": config.sampling.model_copy(update={"interval_seconds": 3600}),
         }
     )
+
+
+@pytest.fixture
+def admin_headers() -> dict[str, str]:
+    """What an operator's client sends to the admin endpoints of ``daemon_config``."""
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture
@@ -84,7 +98,7 @@ def config_file(daemon_config: LoopdConfig, tmp_path: Path) -> Path:
         f'[model]\nbase = "{cfg.model.base}"\n'
         f'[sampling]\nprompts = ["{cfg.sampling.prompts[0]}"]\ninterval_seconds = 3600\n'
         f'[gate]\nheldout = "{cfg.gate.heldout}"\n'
-        "[daemon]\nport = 0\ntrain_check_seconds = 3600\n"
+        f'[daemon]\nport = 0\ntrain_check_seconds = 3600\nadmin_token = "{ADMIN_TOKEN}"\n'
     )
     return path
 

@@ -67,7 +67,9 @@ def test_rollback_restores_the_parent_with_identical_outputs(
     config: LoopdConfig, store: Store, backend: LocalBackend, two_versions
 ) -> None:
     first, second = two_versions
-    deployer = Deployer(backend, store, prefix="loopd")
+    deployer = Deployer(
+        backend, store, registry=AdapterRegistry(config.adapters_dir), prefix="loopd"
+    )
     deployer.deploy(first)
     before = greedy(backend, deployer.live_name())
     deployer.deploy(second)
@@ -84,10 +86,12 @@ def test_rollback_restores_the_parent_with_identical_outputs(
 
 
 def test_a_pin_freezes_deployments_and_rollbacks(
-    store: Store, backend: LocalBackend, two_versions
+    config: LoopdConfig, store: Store, backend: LocalBackend, two_versions
 ) -> None:
     first, second = two_versions
-    deployer = Deployer(backend, store, prefix="loopd")
+    deployer = Deployer(
+        backend, store, registry=AdapterRegistry(config.adapters_dir), prefix="loopd"
+    )
     deployer.pin(first)  # deploys it, then freezes
     assert store.live_version() == 1 and store.pinned_version() == 1
     with pytest.raises(DeployRefused, match=r"pinned to v0001.*loopd adapters unpin"):
@@ -161,7 +165,10 @@ def test_the_adapters_verbs_work_on_the_database_with_no_daemon(
 
 
 def test_the_adapters_verbs_go_through_a_running_daemon(
-    daemon_config: LoopdConfig, make_adapter: Callable[..., Path], config_file: Path
+    daemon_config: LoopdConfig,
+    make_adapter: Callable[..., Path],
+    config_file: Path,
+    admin_headers: dict[str, str],
 ) -> None:
     cfg = daemon_config
     inputs = resolve_inputs(cfg)
@@ -183,8 +190,10 @@ def test_the_adapters_verbs_go_through_a_running_daemon(
         assert refused.returncode == 1 and "pinned to v0002" in refused.stdout
         status = httpx.get(f"http://127.0.0.1:{daemon.port}/status").json()
         assert status["pinned_version"] == 2 and status["live_version"] == 2
-        assert httpx.post(f"http://127.0.0.1:{daemon.port}/adapters/7/promote").status_code == 404
-        assert httpx.post(f"http://127.0.0.1:{daemon.port}/adapters/oops").status_code == 404
+        admin = admin_headers
+        url = f"http://127.0.0.1:{daemon.port}"
+        assert httpx.post(f"{url}/adapters/7/promote", headers=admin).status_code == 404
+        assert httpx.post(f"{url}/adapters/oops", headers=admin).status_code == 404
 
         assert cli(config_file, "unpin").returncode == 0
         rolled = cli(config_file, "rollback")

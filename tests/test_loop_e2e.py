@@ -61,9 +61,8 @@ def test_a_failed_round_leaves_the_deployed_adapter_serving(config: LoopdConfig)
 
 
 def test_a_round_that_fails_the_same_way_twice_is_not_retried_as_is(config: LoopdConfig) -> None:
-    broken = config.model_copy(
-        update={"training": config.training.model_copy(update={"timeout_seconds": 0.5})}
-    )
+    no_backoff = {"timeout_seconds": 0.5, "retry_backoff_seconds": 0}
+    broken = config.model_copy(update={"training": config.training.model_copy(update=no_backoff)})
     inputs = resolve_inputs(broken)
     backend = LocalBackend(inputs.base_model, threads=1)
     loop = Loop(broken, inputs, backend=backend, store=Store(broken.db_path))
@@ -72,7 +71,10 @@ def test_a_round_that_fails_the_same_way_twice_is_not_retried_as_is(config: Loop
     assert loop.ready_to_train()  # one failure may be bad luck: retried
     assert loop.training_round().status == "failed"
     assert not loop.ready_to_train()
-    assert "failed the same way (timeout)" in loop.training_blocked()
+    assert (
+        "quarantined: the last 2 rounds on these pairs and settings failed the same way (timeout)"
+        in loop.training_blocked()
+    )
     [first, second] = loop.store.rounds()
     assert first["error_kind"] == second["error_kind"] == "timeout"
 

@@ -6,6 +6,10 @@ lines on stdout: ``plan`` (the micro-batching chosen for the memory budget), ``p
 per logging step, then ``done`` or ``failed`` with a ``kind``; the result itself goes to
 ``result.json``. For large models the same entry point runs under ``accelerate launch``.
 
+The child dies with its parent: a watchdog thread exits it within a second of the
+daemon's death (``kill -9`` included), so a restarted daemon never finds a stale round
+still training into the folder it is cleaning up.
+
 Steps of a round (``train``):
 
 1. encode the pairs (``dpo_data``: loopd decides EOS and cuts, TRL gets ids);
@@ -24,9 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -271,5 +277,21 @@ def main(job_path: str) -> int:
     return 0
 
 
+PARENT_ENV = "LOOPD_PARENT_PID"  # set by loopd.train to its own pid
+
+
+def exit_with_parent(parent: int, poll_seconds: float = 0.5) -> None:
+    """Exit this process as soon as ``parent`` is gone (re-parented to init or a reaper)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 if __name__ == "__main__":
+    if PARENT_ENV in os.environ:
+        exit_with_parent(int(os.environ[PARENT_ENV]))
     sys.exit(main(sys.argv[1]))

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loopd import control
-from loopd.adapters import BASE
+from loopd.adapters import BASE, AdapterRegistry
 from loopd.config import ConfigError, LoopdConfig, load_config
 from loopd.deploy import Deployer, DeployFailed, DeployRefused
 from loopd.store import Store
@@ -78,8 +78,10 @@ def _through_daemon(cfg: LoopdConfig, verb: str, version: int | None) -> Any | N
     address = json.loads(address_file.read_text())
     url = f"http://{address['host']}:{address['port']}"
     method, path = _route(verb, version)
+    token = cfg.daemon.admin_token
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
     try:
-        response = httpx.request(method, url + path, timeout=600)
+        response = httpx.request(method, url + path, headers=headers, timeout=600)
     except httpx.TransportError:
         return None  # a stale address file: the daemon is gone
     if response.status_code >= 400:
@@ -107,7 +109,11 @@ def _on_database(cfg: LoopdConfig, verb: str, version: int | None) -> Any:
         if verb == "show":
             return control.show(store, version)
         deployer = Deployer(
-            None, store, prefix=cfg.deploy.adapter_prefix, watch_samples=cfg.deploy.watch_samples
+            None,
+            store,
+            registry=AdapterRegistry(cfg.adapters_dir),
+            prefix=cfg.deploy.adapter_prefix,
+            watch_samples=cfg.deploy.watch_samples,
         )
         outcome = (
             control.ACTIONS[verb](deployer, version)

@@ -5,18 +5,21 @@ jobs and an operator's ``loopd status`` can read while a job writes. The schema 
 managed by sqlite-utils ``Migrations``; a database that records a migration this code
 does not know was written by a newer loopd and is refused rather than misread.
 
-Writes that belong together (a batch of samples, a round's pairs being marked as
-trained) happen in one transaction, so a crash never leaves half of a batch behind.
+Writes that belong together (a batch of samples, a round's adapter and its pairs marked
+as trained) happen in one transaction, so a crash never leaves half of a batch behind.
+Every write transaction takes the write lock first (``_transaction``), so jobs writing
+at once wait for each other instead of failing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,10 @@ from loopd.types import (
 )
 
 RECENT_WINDOW = 500  # samples behind the "recent" degeneration rate
+INTERRUPTED_REASON = (
+    "loopd stopped (a crash, a kill or a power loss) while this round ran; "
+    "its pairs stay fresh and train in a later round"
+)
 
 
 class SchemaTooNewError(RuntimeError):
@@ -83,8 +90,30 @@ class Store:
                 "Upgrade loopd, or point state_dir elsewhere."
             )
 
-    def _transaction(self) -> AbstractContextManager[sqlite_utils.Database]:
-        return self.db.atomic()
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite_utils.Database]:
+        """One write transaction that takes the write lock first (``BEGIN IMMEDIATE``).
+
+        sqlite-utils' ``atomic()`` begins a deferred transaction, and its inserts read the
+        schema before they write: that read pins a WAL snapshot, and when another job
+        commits in between, the upgrade to a write fails at once with "database is
+        locked", without waiting (seen under ``bench/crash.py``). Taking the lock first
+        makes a busy database wait up to the busy timeout instead.
+        """
+        db = self.db
+        if db.conn.in_transaction:
+            with db.atomic():  # nested: a savepoint inside ours
+                yield db
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.conn.commit()
+        except BaseException:
+            # a failed COMMIT (disk full) leaves the transaction open: every later write
+            # would join it and never be committed; end it here
+            db.conn.rollback()
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -97,21 +126,28 @@ class Store:
         samples = []
         with self._transaction():
             for prompt, completion, detection in rows:
-                self._upsert_prompt(prompt, now)
-                row_id = self.db["samples"].insert(sample_row(completion, detection, now)).last_pk
+                key = self._prompt_key(prompt, now)
+                row = sample_row(completion, detection, now) | {"prompt_id": key}
+                row_id = self.db["samples"].insert(row).last_pk
                 samples.append(Sample(row_id, prompt, completion, detection, now))
         return samples
 
-    def _upsert_prompt(self, prompt: Prompt, now: float) -> None:
-        row = {
-            "id": prompt.id,
-            "text": prompt.text,
-            "messages": json.dumps(prompt.messages) if prompt.messages else None,
-            "reference": prompt.reference,
-            "kind": prompt.kind,
-        }
-        self.db["prompts"].insert({**row, "created_at": now}, pk="id", ignore=True)
-        self.db["prompts"].update(prompt.id, row)
+    def _prompt_key(self, prompt: Prompt, now: float) -> str:
+        """The stored prompt these words belong to: its id, or ``id@digest`` once the
+        words under that id changed (a prompt file edited, or two files reusing an id).
+
+        A stored prompt's words never change, so every old sample and pair keeps the
+        prompt it was answered to; only ``reference`` and ``kind`` follow the file.
+        """
+        words = {"text": prompt.text, "messages": _messages(prompt)}
+        for key in (prompt.id, f"{prompt.id}@{_digest(words)}"):
+            found = list(self.db.query("SELECT text, messages FROM prompts WHERE id = ?", [key]))
+            if not found or found[0] == words:
+                row = {"id": key, **words, "reference": prompt.reference, "kind": prompt.kind}
+                self.db["prompts"].insert({**row, "created_at": now}, pk="id", ignore=True)
+                self.db["prompts"].update(key, {"reference": prompt.reference, "kind": prompt.kind})
+                return key
+        raise AssertionError("unreachable: a digest key holds exactly its own words")
 
     def unpaired_degenerate(self, limit: int = 1000) -> list[Sample]:
         return self._samples_where("s.degenerate = 1 AND s.paired = 0", [], limit)
@@ -175,8 +211,20 @@ class Store:
 
     def mark_trained(self, pair_ids: Iterable[int], round_id: int) -> None:
         with self._transaction():
-            for pair_id in pair_ids:
-                self.db["pairs"].update(pair_id, {"trained_round": round_id})
+            self._mark_trained(pair_ids, round_id)
+
+    def _mark_trained(self, pair_ids: Iterable[int], round_id: int) -> None:
+        for pair_id in pair_ids:
+            self.db["pairs"].update(pair_id, {"trained_round": round_id})
+
+    def add_trained_version(
+        self, version: AdapterVersion, *, pair_ids: Iterable[int], round_id: int
+    ) -> None:
+        """A round's published adapter and its pairs marked trained, in one transaction:
+        a crash before it leaves the pairs fresh (trained again later), never lost."""
+        with self._transaction():
+            self.db["adapter_versions"].insert(_version_row(version), pk="version")
+            self._mark_trained(pair_ids, round_id)
 
     # -- rounds, adapters, events ----------------------------------------------
 
@@ -187,31 +235,38 @@ class Store:
             "parent_version": parent_version,
             "attempt_key": attempt_key,
         }
-        return self.db["rounds"].insert(row).last_pk
+        with self._transaction():
+            return self.db["rounds"].insert(row).last_pk
 
-    def failures_of(self, attempt_key: str, limit: int = 2) -> list[str | None]:
-        """Error kinds of the latest rounds that tried ``attempt_key`` (newest first);
-        None for a round that did not fail, or was interrupted by a shutdown."""
+    def failures_of(self, attempt_key: str, limit: int = 2) -> list[tuple[str | None, float]]:
+        """``(error kind, finished_at)`` of the latest rounds that tried ``attempt_key``,
+        newest first; kind None for a round that did not fail, or was interrupted."""
         sql = (
             "SELECT CASE WHEN 'interrupted' IN (status, error_kind) THEN NULL"
-            " ELSE error_kind END AS kind"
+            " ELSE error_kind END AS kind, finished_at"
             " FROM rounds WHERE attempt_key = ? AND status != 'running' ORDER BY id DESC LIMIT ?"
         )
-        return [r["kind"] for r in self.db.query(sql, [attempt_key, limit])]
+        return [(r["kind"], r["finished_at"]) for r in self.db.query(sql, [attempt_key, limit])]
 
     def finish_round(self, round_id: int, status: str, **fields: Any) -> None:
-        self.db["rounds"].update(
-            round_id, {"status": status, "finished_at": self._clock(), **fields}
-        )
+        with self._transaction():
+            self.db["rounds"].update(
+                round_id, {"status": status, "finished_at": self._clock(), **fields}
+            )
 
     def interrupt_running_rounds(self) -> int:
-        """Rounds left 'running' by a crash are over; say so instead of lying forever."""
+        """Rounds left 'running' by a crash are over; say so instead of lying forever.
+
+        Their pairs were never marked trained (that happens with the adapter's record, in
+        one transaction), so they train in a later round.
+        """
         where = "status = 'running'"
         count = self.db["rounds"].count_where(where)
         with self._transaction():
             self.db.execute(
-                f"UPDATE rounds SET status = 'interrupted', finished_at = ? WHERE {where}",
-                [self._clock()],
+                "UPDATE rounds SET status = 'interrupted', error_kind = 'interrupted',"
+                f" error = ?, finished_at = ? WHERE {where}",
+                [INTERRUPTED_REASON, self._clock()],
             )
         return count
 
@@ -219,8 +274,8 @@ class Store:
         return list(self.db.query("SELECT * FROM rounds ORDER BY id DESC LIMIT ?", [limit]))
 
     def add_adapter_version(self, version: AdapterVersion) -> None:
-        row = asdict(version) | {"path": str(version.path)}
-        self.db["adapter_versions"].insert(row, pk="version")
+        with self._transaction():
+            self.db["adapter_versions"].insert(_version_row(version), pk="version")
 
     def adapter_version(self, version: int) -> AdapterVersion | None:
         rows = list(self.db.query("SELECT * FROM adapter_versions WHERE version = ?", [version]))
@@ -234,7 +289,8 @@ class Store:
         self, kind: str, *, version: int | None = None, round_id: int | None = None, **payload: Any
     ) -> None:
         row = {"at": self._clock(), "kind": kind, "version": version, "round_id": round_id}
-        self.db["events"].insert(row | {"payload": json.dumps(payload, default=str)})
+        with self._transaction():
+            self.db["events"].insert(row | {"payload": json.dumps(payload, default=str)})
 
     def events(self, limit: int = 50) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM events ORDER BY id DESC LIMIT ?", [limit]))
@@ -287,7 +343,8 @@ class Store:
         for key in ("checks", "candidate", "live"):
             if key in fields:
                 fields[key] = json.dumps(fields[key], default=str)
-        return self.db["decisions"].insert(row | fields).last_pk
+        with self._transaction():
+            return self.db["decisions"].insert(row | fields).last_pk
 
     def record_gate_decision(
         self, decision: GateDecision, *, round_id: int, candidate: int, live: int | None
@@ -343,7 +400,8 @@ class Store:
             {k: v for k, v in asdict(a).items() if k != "text"} | {"adapter": adapter, "at": now}
             for a in answers
         )
-        self.db["heldout_answers"].insert_all(rows)
+        with self._transaction():
+            self.db["heldout_answers"].insert_all(rows)
 
     # -- samples by adapter: the deployment watch ------------------------------
 
@@ -412,6 +470,18 @@ class Store:
             count = self.db["samples"].count_where(where, [older_than])
             self.db["samples"].delete_where(where, [older_than])
         return count
+
+
+def _messages(prompt: Prompt) -> str | None:
+    return json.dumps(prompt.messages) if prompt.messages else None
+
+
+def _digest(words: dict[str, str | None]) -> str:
+    return hashlib.sha256(json.dumps(words, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _version_row(version: AdapterVersion) -> dict[str, Any]:
+    return asdict(version) | {"path": str(version.path)}
 
 
 def _decoded_decision(row: dict[str, Any]) -> dict[str, Any]:
