@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from loopd.backends.local import LocalBackend
 from loopd.config import LoopdConfig
@@ -26,6 +27,22 @@ def wait_for(predicate, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
+def job_runs(daemon: Daemon, outcome: str) -> float:
+    """The sample job's runs with ``outcome`` so far (0 before the first)."""
+    labels = {"job": "sample", "outcome": outcome}
+    return daemon.metrics.registry.get_sample_value("loopd_job_runs_total", labels) or 0.0
+
+
+def scrape(text: str) -> dict[str, float]:
+    """A /metrics page parsed as Prometheus does: ``'name{label="v",...}' -> value``."""
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
 def test_jobs_run_metrics_scrape_and_failures_are_counted(daemon_config: LoopdConfig) -> None:
     cfg = daemon_config
     inputs = resolve_inputs(cfg)
@@ -36,13 +53,19 @@ def test_jobs_run_metrics_scrape_and_failures_are_counted(daemon_config: LoopdCo
     daemon.start()
     try:
         url = f"http://127.0.0.1:{daemon.port}"
-        wait_for(lambda: loop.store.counts()["samples"] > 0)
+        # "ok" is counted once the whole job (sampling, then pairing) is done; samples are
+        # stored before pairing starts, so waiting on them would race the counter.
+        wait_for(lambda: job_runs(daemon, "ok") >= 1)
         assert httpx.get(f"{url}/healthz").status_code == 200
-        metrics = httpx.get(f"{url}/metrics").text
-        assert f"loopd_samples_total {cfg.sampling.prompts_per_round}.0" in metrics
-        assert 'loopd_job_runs_total{job="sample",outcome="ok"} 1.0' in metrics
+        scraped = scrape(httpx.get(f"{url}/metrics").text)
+        runs = scraped['loopd_job_runs_total{job="sample",outcome="ok"}']
+        per_run = cfg.sampling.prompts_per_round * cfg.sampling.samples_per_prompt
+        assert runs >= 1  # a later run may have finished too: expectations scale with it
+        assert scraped["loopd_samples_total"] >= runs * per_run
+        assert scraped["loopd_samples_total"] % per_run == 0  # whole runs only
         status = httpx.get(f"{url}/status").json()
-        assert status["counts"]["samples"] == cfg.sampling.prompts_per_round
+        assert status["counts"]["samples"] >= scraped["loopd_samples_total"]
+        assert status["counts"]["samples"] % per_run == 0
         assert httpx.get(f"{url}/nope").status_code == 404
 
         def broken() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -10,6 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 from safetensors.torch import load_file
 
@@ -35,6 +37,7 @@ def pairs_from(embedded_dir: Path, count: int = 8) -> list[Pair]:
 
 
 FAST = TrainingConfig(epochs=1, batch_size=4)
+TRAINER_MODULE = "loopd.backends.trl_dpo"
 
 
 def test_a_round_trains_a_new_adapter(base_model: Path, embedded_dir: Path, tmp_path: Path) -> None:
@@ -164,20 +167,59 @@ def test_a_hung_trainer_is_killed_at_the_timeout(base_model, embedded_dir, tmp_p
     assert error.value.kind == "timeout"
 
 
-def test_a_cancelled_round_is_killed_promptly(base_model, embedded_dir, tmp_path) -> None:
+def running(process: psutil.Process) -> bool:
+    """Alive and not merely a zombie waiting to be reaped."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def trainer_children() -> list[psutil.Process]:
+    """This process's running trainer children (``python -m loopd.backends.trl_dpo``)."""
+    found = []
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if TRAINER_MODULE in child.cmdline() and running(child):
+                found.append(child)
+    return found
+
+
+def cancel_once_training(cancel: threading.Event, seen: list[psutil.Process]) -> None:
+    """Set ``cancel`` as soon as a trainer child runs (not after a guessed delay), noting
+    it and its own children so the test can check every one of them is gone."""
+    while not cancel.is_set():
+        if children := trainer_children():
+            for child in children:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    seen.extend([child, *child.children(recursive=True)])
+            cancel.set()
+        time.sleep(0.05)
+
+
+def test_a_cancelled_round_kills_its_trainer(base_model, embedded_dir, tmp_path) -> None:
     cancel = threading.Event()
-    threading.Timer(1.0, cancel.set).start()
-    started = time.monotonic()
-    with pytest.raises(TrainingFailed, match="interrupted by shutdown"):
-        run_round(
-            pairs_from(embedded_dir, 2),
-            base_model=base_model,
-            init_adapter=None,
-            out_dir=tmp_path / "o",
-            cfg=FAST,
-            cancel=cancel,
-        )
-    assert time.monotonic() - started < 10
+    seen: list[psutil.Process] = []
+    watcher = threading.Thread(target=cancel_once_training, args=(cancel, seen), daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(TrainingFailed, match="interrupted by shutdown") as error:
+            run_round(
+                pairs_from(embedded_dir, 2),
+                base_model=base_model,
+                init_adapter=None,
+                out_dir=tmp_path / "o",
+                cfg=FAST,
+                cancel=cancel,
+            )
+    finally:
+        cancel.set()
+        watcher.join()
+    assert error.value.kind == "interrupted"
+    assert seen, "no trainer child was seen running before the cancel"
+    assert [p for p in seen if running(p)] == []  # killed, not left to finish the round
+    assert not seen[0].is_running()  # and run_round reaped the trainer (no zombie left)
+    assert trainer_children() == []
 
 
 def test_answers_glued_onto_the_prompt_are_counted(base_model, embedded_dir, tmp_path) -> None:

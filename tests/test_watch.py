@@ -1,8 +1,6 @@
-"""The streaming LoopWatcher: it agrees with the batch detector and is cheap per token."""
+"""The streaming LoopWatcher: it agrees with the batch detector (its cost: bench/detect.py)."""
 
 from __future__ import annotations
-
-import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -85,12 +83,13 @@ def test_watcher_on_text_pieces():
     assert "".join(pieces)[fired.loop_start :].startswith("The cat")
 
 
-def test_watcher_stays_quiet_on_clean_stream_and_is_cheap():
+def test_watcher_stays_quiet_on_a_long_clean_stream():
+    """No false alarm on 20k cycle-free ids, and every id is accounted for. Its cost per
+    token is the benchmark's to measure (``bench/detect.py``), not a test's: a timing
+    assert here fails on a busy CI machine and proves nothing about the code."""
     ids = [(i * 7919) % 50_000 for i in range(20_000)]  # no cycle
     watcher = LoopWatcher()
-    start = time.perf_counter()
     for t in ids:
         assert watcher.feed(t) is None
-    per_token = (time.perf_counter() - start) / len(ids)
+    assert watcher.consumed == len(ids)
     assert watcher.finish() is None
-    assert per_token < 20e-6  # generous for a loaded CI machine; the bench measures ~1 µs

@@ -67,13 +67,20 @@ def test_vllm_killed_mid_run_then_back(
         stored = sample_round(backend, store, "rs-v0001")
 
         vllm_server.kill()
-        started = time.monotonic()
-        for _ in range(3):  # the daemon's job keeps failing, the daemon keeps running
-            with pytest.raises(ServingUnavailableError):
+        rounds, attempts = 3, config.max_retries + 1
+        for _ in range(rounds):  # the daemon's job keeps failing, the daemon keeps running
+            with pytest.raises(ServingUnavailableError, match=f"failed after {attempts} attempts"):
                 sample_round(backend, store, "rs-v0001")
-        assert time.monotonic() - started > 0.3  # it backed off rather than spinning
-        assert registry.get_sample_value("loopd_vllm_retries_total", {"operation": "generate"}) >= 3
+        # Each request retried exactly max_retries times (a backoff sleep before each) and
+        # then gave up: neither failing at once nor spinning on a dead server.
+        retries = registry.get_sample_value("loopd_vllm_retries_total", {"operation": "generate"})
+        assert retries == rounds * len(PROMPTS) * config.max_retries
+        # And the breaker opened: some of those attempts were refused here rather than
+        # sent, so the dead server was not hammered with every one.
         assert any(kind == "serving_breaker_open" for kind, _ in events)
+        sent = {"endpoint": config.endpoints[0], "operation": "generate", "outcome": "error"}
+        posts = registry.get_sample_value("loopd_vllm_requests_total", sent)
+        assert 1 <= posts < rounds * len(PROMPTS) * attempts
         assert store.counts()["samples"] == stored  # nothing stored was lost
         assert not backend.health()
         assert backend.adapters() == ["rs-v0001"]  # still what loopd wants live
