@@ -45,7 +45,6 @@ from typing import Any, TypeVar
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from loopd.backends.vllm_config import VllmConfig
 from loopd.backends.vllm_errors import (
     AdapterAlreadyLoadedError,
     AdapterNotLoadedError,
@@ -63,7 +62,8 @@ from loopd.backends.vllm_errors import (
     request_error,
     retryable,
 )
-from loopd.backends.vllm_resilience import BreakerState, CircuitBreaker
+from loopd.backends.vllm_resilience import Backoff, BreakerState, CircuitBreaker
+from loopd.config.vllm import VllmConfig
 from loopd.types import Completion, GenerationRequest
 
 __all__ = [
@@ -198,7 +198,12 @@ class VllmBackend:
         self._metrics = _Metrics(registry if registry is not None else CollectorRegistry())
         self._clock = clock
         self._rng = rng or random.Random()
-        self._backoff = config.backoff()
+        self._backoff = Backoff(
+            config.backoff_initial_s,
+            config.backoff_max_s,
+            config.backoff_multiplier,
+            config.backoff_jitter,
+        )
         self._loaded: dict[str, str] = {}  # serving name -> path given to vLLM, in load order
         self._inflight: collections.Counter[str | None] = collections.Counter()
         self._last_start: dict[str | None, float] = {}

@@ -1,7 +1,8 @@
 """``[serving.vllm]``: the vLLM backend's configuration, validated at load.
 
 Every field carries its meaning; bad values are rejected with a message that names the
-fix. ``loopd.backends.vllm`` re-exports ``VllmConfig``.
+fix. ``loopd.backends.vllm`` re-exports ``VllmConfig``; it lives here, with the rest of
+the configuration, because config is below every module that reads it.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-
-from loopd.backends.vllm_resilience import Backoff
 
 
 class VllmConfig(BaseModel):
@@ -123,8 +122,3 @@ class VllmConfig(BaseModel):
                 "backoff_initial_s"
             )
         return self
-
-    def backoff(self) -> Backoff:
-        return Backoff(
-            self.backoff_initial_s, self.backoff_max_s, self.backoff_multiplier, self.backoff_jitter
-        )
