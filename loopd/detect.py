@@ -1150,8 +1150,8 @@ class LoopWatcher:
         """Add one token id or text piece; return the Detection once a loop is established."""
         if self.detection is not None:
             return self.detection
-        if type(piece) is int:
-            self._pending.append(chr(piece))
+        if type(piece) is int:  # one character per id (ids past Unicode's range wrap)
+            self._pending.append(chr(piece % 0x110000))
             self._since += 1
         else:
             self._text = True

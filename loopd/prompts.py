@@ -35,10 +35,15 @@ class PromptFileError(ValueError):
 
 def read_prompts(path: Path) -> list[Prompt]:
     prompts = []
-    with path.open() as lines:
-        for number, line in enumerate(lines, start=1):
-            if line.strip():
-                prompts.append(_parse_prompt(line, where=f"{path}:{number}"))
+    number = 0
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if line.strip():
+                    prompts.append(_parse_prompt(line, where=f"{path}:{number}"))
+    except UnicodeDecodeError as error:
+        where = f"after line {number}" if number else "at the start"
+        raise PromptFileError(f"{path}: not UTF-8 text {where} ({error.reason})") from None
     if not prompts:
         raise PromptFileError(f"{path}: holds no prompts; add JSON Lines with 'id' and 'prompt'")
     return prompts
@@ -49,15 +54,27 @@ def _parse_prompt(line: str, *, where: str) -> Prompt:
         row = json.loads(line)
     except json.JSONDecodeError as error:
         raise PromptFileError(f"{where}: not JSON ({error.msg})") from None
+    except (RecursionError, ValueError) as error:  # nested too deep, a number too long
+        raise PromptFileError(f"{where}: not usable JSON ({type(error).__name__})") from None
     if not isinstance(row, dict) or "id" not in row:
         raise PromptFileError(f"{where}: each line must be an object with an 'id'")
+    if not isinstance(row["id"], str | int) or isinstance(row["id"], bool) or row["id"] == "":
+        raise PromptFileError(f"{where}: 'id' must be a non-empty string (or an integer)")
     if ("prompt" in row) == ("messages" in row):
         raise PromptFileError(f"{where}: give exactly one of 'prompt' (text) or 'messages' (chat)")
+    if "prompt" in row and not isinstance(row["prompt"], str):
+        raise PromptFileError(f"{where}: 'prompt' must be a string")
     messages = row.get("messages")
-    if messages is not None and not all(
-        isinstance(m, dict) and "role" in m and "content" in m for m in messages
-    ):
-        raise PromptFileError(f"{where}: 'messages' must be a list of {{role, content}} objects")
+    if "messages" in row and not _is_chat(messages):
+        raise PromptFileError(
+            f"{where}: 'messages' must be a non-empty list of {{role, content}} objects with "
+            "string values"
+        )
+    for key in ("reference", "kind"):
+        if row.get(key) is not None and not isinstance(row[key], str):
+            raise PromptFileError(f"{where}: '{key}' must be a string when given")
+    if _has_lone_surrogate(line):
+        raise PromptFileError(f"{where}: holds an unpaired UTF-16 surrogate escape (\\ud8xx)")
     return Prompt(
         id=str(row["id"]),
         text=row.get("prompt"),
@@ -65,6 +82,28 @@ def _parse_prompt(line: str, *, where: str) -> Prompt:
         reference=row.get("reference"),
         kind=row.get("kind"),
     )
+
+
+def _is_chat(messages: object) -> bool:
+    return (
+        isinstance(messages, list)
+        and bool(messages)
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in messages
+        )
+    )
+
+
+def _has_lone_surrogate(line: str) -> bool:
+    """JSON's ``\\ud800`` escapes decode to text no tokenizer or database can encode."""
+    try:
+        json.dumps(json.loads(line), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:

@@ -23,6 +23,7 @@ from loopd.config.sections import (
     DaemonConfig,
     DeployConfig,
     GateConfig,
+    LocalPath,
     ModelConfig,
     PairingConfig,
     Probability,
@@ -55,7 +56,9 @@ __all__ = [
 
 
 class LoopdConfig(Section):
-    state_dir: Path = Field(Path("state"), description="Database, adapters and embedded model.")
+    state_dir: LocalPath = Field(
+        Path("state"), description="Database, adapters and embedded model."
+    )
     model: ModelConfig = ModelConfig()
     serving: ServingConfig = ServingConfig()
     sampling: SamplingConfig = SamplingConfig()
@@ -164,9 +167,11 @@ def load_config(path: Path) -> LoopdConfig:
 
 def _read_mapping(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(str(path), [f"cannot read the file: {error.strerror}"]) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(str(path), [f"not UTF-8 text ({error.reason})"]) from None
     try:
         if path.suffix in (".yaml", ".yml"):
             raw = yaml.safe_load(text) or {}
@@ -180,7 +185,8 @@ def _read_mapping(path: Path) -> dict[str, Any]:
 
 
 def _describe(error: dict[str, Any]) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    parts = [str(part) for part in error["loc"]]
+    where = ".".join(parts if all(parts) else map(repr, parts)) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown key; remove it or check its spelling against the docs"
     if error["type"] == "value_error" and not error["loc"]:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from loopd.config.vllm import VllmConfig
 
@@ -18,12 +18,21 @@ ChosenSource = Literal["reference", "resample", "truncate"]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+def _no_nul(path: Path) -> Path:
+    if "\0" in str(path):
+        raise ValueError("a path cannot hold a NUL character")
+    return path
+
+
+LocalPath = Annotated[Path, AfterValidator(_no_nul)]
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelConfig(Section):
-    base: Path | None = Field(
+    base: LocalPath | None = Field(
         None,
         description="Local Hugging Face folder of the base causal LM. Unset: the embedded "
         "tiny transcription model, built once (seeded) under state_dir/embedded.",
@@ -51,7 +60,7 @@ class ServingConfig(Section):
 
 
 class SamplingConfig(Section):
-    prompts: list[Path] = Field(
+    prompts: list[LocalPath] = Field(
         default_factory=list,
         description="Prompt files (JSON Lines) to sample from. Empty: the embedded "
         "training prompts.",
@@ -214,7 +223,7 @@ class GateConfig(Section):
     decision.
     """
 
-    heldout: Path | None = Field(
+    heldout: LocalPath | None = Field(
         None,
         description="Held-out prompt file (JSON Lines), never trained on. Unset: the "
         "embedded held-out prompts.",

@@ -278,6 +278,8 @@ class Store:
             self.db["adapter_versions"].insert(_version_row(version), pk="version")
 
     def adapter_version(self, version: int) -> AdapterVersion | None:
+        if not 0 <= version < 2**63:  # SQLite's INTEGER; no such version (a 404, not a 500)
+            return None
         rows = list(self.db.query("SELECT * FROM adapter_versions WHERE version = ?", [version]))
         return version_from_row(rows[0]) if rows else None
 
