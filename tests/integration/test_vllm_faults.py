@@ -25,7 +25,9 @@ COMPLETIONS = "/v1/completions"
 @pytest.fixture
 def proxied(vllm_server, vllm_config: VllmConfig) -> Iterator[tuple[FaultProxy, VllmBackend]]:
     proxy = FaultProxy(vllm_server.url)
-    config = vllm_config.model_copy(update={"endpoints": [proxy.url], "breaker_failure_threshold": 50})
+    config = vllm_config.model_copy(
+        update={"endpoints": [proxy.url], "breaker_failure_threshold": 50}
+    )
     backend = VllmBackend(config, base_model_name=SERVED_NAME, registry=CollectorRegistry())
     try:
         yield proxy, backend
