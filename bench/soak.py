@@ -2,7 +2,8 @@
 
 ``loopd run`` samples every second, trains whenever 16 fresh pairs exist and applies
 retention every few seconds with a retention of a minute, so hours of production go by
-in minutes. Every ``--every`` seconds the daemon's resident memory, open files, threads
+in minutes (``gate.significance`` 0.5 keeps the live adapter off the held-out floor,
+so rounds, promotions and swaps go on). Every ``--every`` seconds the daemon's resident memory, open files, threads
 and database size (with its WAL) are read from ``/proc`` and the file system. Reported:
 the first and last reading after warm-up, the peak, and growth per hour fitted over the
 run (least squares, scipy), which for a daemon meant to run for months must be flat.
@@ -35,6 +36,7 @@ min_fresh_pairs = 16
 retry_backoff_seconds = 0
 [gate]
 refresh_share = 0.25
+significance = 0.5
 [daemon]
 port = 0
 train_check_seconds = 2

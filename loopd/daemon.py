@@ -222,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, snapshot(self.daemon.loop.store))
         elif self.path == "/adapters":
             self._json(200, control.listing(self.daemon.loop.store))
-        elif match := re.fullmatch(r"/adapters/(\d+)", self.path):
+        elif match := re.fullmatch(r"/adapters/(\d{1,30})", self.path):
             self._act(lambda: control.show(self.daemon.loop.store, int(match[1])))
         else:
             self._send(404, b"not found: try /metrics, /healthz, /status or /adapters\n")
@@ -231,7 +231,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._admin_allowed():
             return
         deployer = self.daemon.loop.deployer
-        if match := re.fullmatch(r"/adapters/(\d+)/(promote|pin)", self.path):
+        if match := re.fullmatch(r"/adapters/(\d{1,30})/(promote|pin)", self.path):
             verb = control.ACTIONS[match[2]]
             self._act(lambda: verb(deployer, int(match[1])).__dict__)
         elif match := re.fullmatch(r"/adapters/(rollback|unpin)", self.path):

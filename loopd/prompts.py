@@ -73,7 +73,7 @@ def _parse_prompt(line: str, *, where: str) -> Prompt:
     for key in ("reference", "kind"):
         if row.get(key) is not None and not isinstance(row[key], str):
             raise PromptFileError(f"{where}: '{key}' must be a string when given")
-    if _has_lone_surrogate(line):
+    if not _encodable(row, messages):
         raise PromptFileError(f"{where}: holds an unpaired UTF-16 surrogate escape (\\ud8xx)")
     return Prompt(
         id=str(row["id"]),
@@ -97,13 +97,16 @@ def _is_chat(messages: object) -> bool:
     )
 
 
-def _has_lone_surrogate(line: str) -> bool:
+def _encodable(row: dict, messages: list | None) -> bool:
     """JSON's ``\\ud800`` escapes decode to text no tokenizer or database can encode."""
+    fields = [str(row["id"]), *(row.get(k) or "" for k in ("prompt", "reference", "kind"))]
+    fields += [m[key] for m in messages or () for key in ("role", "content")]
     try:
-        json.dumps(json.loads(line), ensure_ascii=False).encode("utf-8")
+        for text in fields:
+            text.encode("utf-8")
     except UnicodeEncodeError:
-        return True
-    return False
+        return False
+    return True
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
