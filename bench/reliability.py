@@ -83,7 +83,10 @@ def measure(
 
 
 def soak_table(summary: dict[str, Any]) -> Table:
-    title = f"soak: {summary['seconds']:.0f} s, {summary['rounds']} rounds"
+    title = (
+        f"soak: {summary['seconds']:.0f} s, {summary['rounds']} rounds, "
+        f"{summary['rollbacks']} rollbacks"
+    )
     out = Table(title=title)
     for column in ("measure", "first", "last", "peak", "growth per hour"):
         out.add_column(column, justify="left" if column == "measure" else "right")

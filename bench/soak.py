@@ -2,8 +2,10 @@
 
 ``loopd run`` samples every second, trains whenever 16 fresh pairs exist and applies
 retention every few seconds with a retention of a minute, so hours of production go by
-in minutes (``gate.significance`` 0.5 keeps the live adapter off the held-out floor,
-so rounds, promotions and swaps go on). Every ``--every`` seconds the daemon's resident memory, open files, threads
+in minutes. The embedded model stops looping after two rounds; whenever the daemon
+skips a round at that floor the soak rolls it back to the base model through the admin
+API (as an operator would), so rounds, promotions, swaps and rollbacks go on. Every
+``--every`` seconds the daemon's resident memory, open files, threads
 and database size (with its WAL) are read from ``/proc`` and the file system. Reported:
 the first and last reading after warm-up, the peak, and growth per hour fitted over the
 run (least squares, scipy), which for a daemon meant to run for months must be flat.
@@ -11,6 +13,7 @@ run (least squares, scipy), which for a daemon meant to run for months must be f
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -21,9 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from scipy import stats
 
 WARM_UP_S = 60.0  # model load, first rounds: not growth
+
+
+TOKEN = "soak-admin-token-0123456789"
+FLOOR = "no round can be promoted"
 
 
 def soak_config(state: Path) -> str:
@@ -36,9 +44,9 @@ min_fresh_pairs = 16
 retry_backoff_seconds = 0
 [gate]
 refresh_share = 0.25
-significance = 0.5
 [daemon]
 port = 0
+admin_token = "{TOKEN}"
 train_check_seconds = 2
 retention_days = 0.0007
 retention_interval_seconds = 5
@@ -59,6 +67,7 @@ class SoakReport:
     seconds: float
     readings: list[Reading] = field(default_factory=list)
     rounds: int = 0
+    rollbacks: int = 0
     exit_code: int | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -78,6 +87,7 @@ class SoakReport:
         return {
             "seconds": round(self.seconds, 1),
             "rounds": self.rounds,
+            "rollbacks": self.rollbacks,
             "readings": len(self.readings),
             **{
                 name: {
@@ -89,6 +99,17 @@ class SoakReport:
                 for name, value in metrics.items()
             },
         }
+
+
+def _roll_back_to_base(state: Path) -> int:
+    """Roll the live adapter back until the base model serves; how many steps it took."""
+    address = json.loads((state / "daemon.json").read_text())
+    url = f"http://{address['host']}:{address['port']}/adapters/rollback"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    steps = 0
+    while httpx.post(url, headers=headers, timeout=300).status_code == 200:
+        steps += 1
+    return steps
 
 
 def _read(pid: int, state: Path, started: float) -> Reading:
@@ -123,9 +144,14 @@ def run_soak(
     daemon = subprocess.Popen(command, stderr=log, stdout=log)
     report = SoakReport(seconds=seconds)
     started = time.monotonic()
+    floors = 0
     try:
         while time.monotonic() - started < seconds and daemon.poll() is None:
             time.sleep(every)
+            seen = (workdir / "daemon.log").read_text(errors="replace").count(FLOOR)
+            if seen > floors:
+                floors = seen
+                report.rollbacks += _roll_back_to_base(state)
             if (state / "loopd.db").exists() and daemon.poll() is None:
                 reading = _read(daemon.pid, state, started)
                 report.readings.append(reading)
