@@ -697,7 +697,7 @@ def test_the_daemon_answers_any_request(daemon_config: LoopdConfig, daemon_url: 
             assert status == 501
         version = re.fullmatch(r"/adapters/(\d+)(/promote|/pin)?", request.target)
         let_in = request.method == "GET" or (request.method == "POST" and auth == admin)
-        if version and int(version[1]) >= 2**63 and let_in:
+        if version and (len(version[1]) > 30 or int(version[1]) >= 2**63) and let_in:
             assert status == 404, response.text  # no such version, not a 500
         assert client.get(f"{daemon_url}/healthz").status_code == 200
 
