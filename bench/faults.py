@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -317,7 +318,7 @@ def disk_full(workdir: Path, embedded: Path) -> Row:
 
 
 SCENARIOS: dict[str, Callable[[Path, Path], Row]] = {
-    **{name: (lambda n: lambda w, e: trainer_fault(n, w, e))(name) for name in TRAINER_FAULTS},
+    **{name: partial(trainer_fault, name) for name in TRAINER_FAULTS},
     "corrupted adapter file": corrupt_adapter,
     "database locked": database_locked,
     "disk full": disk_full,
