@@ -79,7 +79,7 @@ def test_logprobs_are_requested_and_parsed(vllm_server, vllm_config: VllmConfig)
     config = vllm_config.model_copy(update={"logprobs": 1})
     with VllmBackend(config, base_model_name=SERVED_NAME) as backend:
         body = backend._body(GenerationRequest(DOC, max_tokens=3), SERVED_NAME, chat=False)
-    raw = httpx.post(vllm_server.url + "/v1/completions", json=body, timeout=30).json()
+    raw = httpx.post(vllm_server.url + "/v1/completions", json=body, timeout=300).json()
     values = chosen_logprobs(raw["choices"][0]["logprobs"], chat=False)
     assert values is not None and len(values) == 3 and all(v <= 0 for v in values)
 

@@ -611,7 +611,9 @@ JUNK_TARGETS = (
     | st.text(CHARS, max_size=30).map(lambda t: "/" + quote(t.encode()))
 )
 # What h11 lets a client send as a header value: visible ASCII, no space at either end.
-HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40).map(
+    str.strip
+)
 WRONG_TOKENS = st.none() | HEADER_TEXT.map(lambda t: f"Bearer {t}".strip()) | HEADER_TEXT
 BODIES = st.binary(max_size=2048) | st.integers(0, 1 << 20).map(lambda n: b"{" * n)
 
