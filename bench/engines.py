@@ -21,7 +21,7 @@ from rich.table import Table
 
 from loopd.backends.local import LocalBackend
 from loopd.backends.vllm import VllmBackend, VllmConfig
-from loopd.backends.vllm_server import VllmServer
+from loopd.backends.vllm.server import VllmServer
 from loopd.prompts import read_prompts
 from loopd.types import GenerationRequest, Prompt
 

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from loopd.backends.vllm import VllmBackend, VllmConfig  # noqa: E402
-from loopd.backends.vllm_server import VllmServer  # noqa: E402
+from loopd.backends.vllm.server import VllmServer  # noqa: E402
 from loopd.embedded import EmbeddedSpec, ensure_embedded  # noqa: E402
 from loopd.types import GenerationRequest, Prompt  # noqa: E402
 

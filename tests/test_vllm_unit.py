@@ -28,7 +28,7 @@ from loopd.backends.vllm import (
     chosen_logprobs,
     error_message,
 )
-from loopd.backends.vllm_resilience import Backoff, BreakerState, CircuitBreaker
+from loopd.backends.vllm.resilience import Backoff, BreakerState, CircuitBreaker
 from loopd.types import GenerationRequest, Prompt
 
 DOC = Prompt(id="p", text="doc: amber text:")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from loopd.backends.vllm import VllmBackend, VllmConfig
-from loopd.backends.vllm_server import INSTALL_HINT, VllmServer, vllm_python
+from loopd.backends.vllm.server import INSTALL_HINT, VllmServer, vllm_python
 
 SERVED_NAME = "tiny"
 # A chat template for the tiny model (it has none), so the chat endpoint is tested too.

@@ -20,7 +20,7 @@ from loopd.backends.vllm import (
     VllmBackend,
     VllmConfig,
 )
-from loopd.backends.vllm_server import VllmServer, free_port
+from loopd.backends.vllm.server import VllmServer, free_port
 from loopd.types import GenerationRequest, Prompt
 
 from .conftest import SERVED_NAME

@@ -14,7 +14,7 @@ import pytest
 
 from loopd.adapters import AdapterRegistry
 from loopd.backends.vllm import VllmBackend, VllmConfig
-from loopd.backends.vllm_server import VllmServer
+from loopd.backends.vllm.server import VllmServer
 from loopd.config import LoopdConfig
 from loopd.daemon import Daemon
 from loopd.inputs import resolve_inputs

@@ -17,7 +17,7 @@ import pytest
 
 from loopd.backends.local import LocalBackend
 from loopd.backends.vllm import VllmBackend, VllmConfig
-from loopd.backends.vllm_server import VllmServer
+from loopd.backends.vllm.server import VllmServer
 from loopd.types import GenerationRequest, Prompt
 
 pytestmark = pytest.mark.vllm

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from loopd.backends.vllm import ServingUnavailableError, VllmBackend, VllmConfig
-from loopd.backends.vllm_server import VllmServer
+from loopd.backends.vllm.server import VllmServer
 from loopd.store import Store
 from loopd.types import CLEAN, GenerationRequest, Prompt
 

