@@ -17,6 +17,9 @@ Serving down at start is not fatal: the daemon starts its endpoints (``/healthz`
 503), and every job first retries recovery (loading the live adapter) until serving is
 back; nothing runs against serving before that.
 
+With ``proxy.enabled``, the OpenAI-compatible proxy (``loopd.proxy``) serves clients on
+``proxy.port`` from the same process, and its URL is in ``daemon.json`` too.
+
 HTTP: ``/metrics`` (Prometheus), ``/healthz`` (serving reachable), ``/status`` (JSON),
 and the operator's adapter verbs (``loopd adapters``): ``GET /adapters``,
 ``GET /adapters/N``, ``POST /adapters/N/promote``, ``POST /adapters/N/pin``,
@@ -51,6 +54,7 @@ from loopd import control
 from loopd.deploy import DeployFailed, DeployRefused
 from loopd.loop import Loop
 from loopd.metrics import Metrics
+from loopd.proxy import ProxyServer
 from loopd.status import snapshot
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,7 @@ class Daemon:
         self.recovered = threading.Event()
         self._recovering = threading.Lock()  # the sample and train jobs both try it
         self.http: ThreadingHTTPServer | None = None
+        self.proxy: ProxyServer | None = None
 
     # -- jobs ------------------------------------------------------------------
 
@@ -129,6 +134,9 @@ class Daemon:
         except Exception as error:  # serving down: jobs retry recovery until it is back
             log.error("recovery failed; retried before every job", extra={"error": str(error)})
         self.http = _serve_http(self, self.cfg.daemon.host, self.cfg.daemon.port)
+        if self.cfg.proxy.enabled:
+            self.proxy = ProxyServer(self.loop, self.metrics.registry)
+            self.proxy.start()
         self._write_address()
         self._schedule("sample", self.loop.sample_round, self.cfg.sampling.interval_seconds)
         self._schedule("train", self.train_if_ready, self.cfg.daemon.train_check_seconds)
@@ -154,6 +162,8 @@ class Daemon:
 
     def _write_address(self) -> None:
         address = {"host": self.cfg.daemon.host, "port": self.port, "pid": os.getpid()}
+        if self.proxy is not None:
+            address["proxy"] = self.proxy.url
         staging = self.address_file.with_suffix(".json.tmp")
         staging.write_text(json.dumps(address))
         staging.chmod(0o600)
@@ -169,6 +179,8 @@ class Daemon:
         self.stopped.set()
         self.loop.cancel.set()
         log.info("daemon stopping")
+        if self.proxy is not None:  # first: no new traffic, and what it served is stored
+            self.proxy.stop(self.cfg.daemon.shutdown_timeout_seconds)
         self._stop_jobs(self.cfg.daemon.shutdown_timeout_seconds)
         if self.http is not None:
             self.http.shutdown()

@@ -27,6 +27,7 @@ from loopd.config.sections import (
     ModelConfig,
     PairingConfig,
     Probability,
+    ProxyConfig,
     SamplingConfig,
     Section,
     ServingConfig,
@@ -47,6 +48,7 @@ __all__ = [
     "ModelConfig",
     "PairingConfig",
     "Probability",
+    "ProxyConfig",
     "SamplingConfig",
     "ServingConfig",
     "TrainingConfig",
@@ -68,6 +70,7 @@ class LoopdConfig(Section):
     gate: GateConfig = GateConfig()
     deploy: DeployConfig = DeployConfig()
     daemon: DaemonConfig = DaemonConfig()
+    proxy: ProxyConfig = ProxyConfig()
 
     @model_validator(mode="after")
     def _vllm_needs_base_weights(self) -> LoopdConfig:

@@ -360,3 +360,58 @@ class DaemonConfig(Section):
         description="On SIGTERM, how long running jobs get to finish (a training child is "
         "killed at once) before the daemon exits anyway.",
     )
+
+
+PROXY_API_KEYS_ENV = "LOOPD_PROXY_API_KEYS"
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def _keys_from_env() -> list[SecretStr]:
+    return [SecretStr(k) for k in os.environ.get(PROXY_API_KEYS_ENV, "").split(",") if k.strip()]
+
+
+class ProxyConfig(Section):
+    """The OpenAI-compatible proxy clients call instead of vLLM (``loopd.proxy``)."""
+
+    enabled: bool = Field(False, description="Serve /v1/* beside the daemon's jobs.")
+    host: str = Field("127.0.0.1", description="Address the proxy listens on.")
+    port: int = Field(8100, ge=0, le=65535, description="Port of the proxy (0 = any).")
+    model_name: str = Field(
+        "loopd",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="The one model name clients use; it always reaches the live adapter.",
+    )
+    api_keys: list[SecretStr] = Field(
+        default_factory=_keys_from_env,
+        description="Bearer keys clients must send (not the admin token); default "
+        f"${PROXY_API_KEYS_ENV}, comma-separated. Empty: no key asked, loopback only.",
+    )
+    loop_stopping: Literal["off", "log", "stop"] = Field(
+        "log",
+        description="Streams: off = not watched; log = a loop is counted and logged; stop = "
+        'generation is cancelled at the loop and the stream ends with finish_reason "repetition".',
+    )
+    record: bool = Field(True, description="Detect and store every completion served.")
+    queue_size: int = Field(
+        10_000, gt=0, description="Completions waiting to be stored, at most; past it, dropped."
+    )
+    write_batch: int = Field(256, gt=0, description="Completions stored per transaction, at most.")
+    max_request_bytes: int = Field(
+        1 << 20, gt=0, description="Larger request bodies are refused with 413."
+    )
+    max_ingest_samples: int = Field(
+        1000, gt=0, description="Samples one POST /v1/loopd/samples may carry."
+    )
+
+    @model_validator(mode="after")
+    def _keys_off_loopback(self) -> ProxyConfig:
+        if self.enabled and not self.api_keys and self.host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"api_keys: the proxy listens on {self.host}, beyond this machine, and no key "
+                f"is set; set proxy.api_keys (or ${PROXY_API_KEYS_ENV}) or listen on 127.0.0.1"
+            )
+        if any(len(k.get_secret_value()) < 16 for k in self.api_keys):
+            raise ValueError("api_keys: each key must be at least 16 characters")
+        return self

@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,10 +25,11 @@ import httpx
 from prometheus_client import CollectorRegistry
 
 from loopd.backends.vllm.client import EndpointPool
-from loopd.backends.vllm.completions import api_path, parse_completions, request_body
+from loopd.backends.vllm.completions import api_path, parse_completions, request_body, sse_chunks
 from loopd.backends.vllm.errors import ServingError
 from loopd.backends.vllm.lifecycle import AdapterLifecycle
 from loopd.backends.vllm.metrics import VllmMetrics
+from loopd.backends.vllm.streams import across_loops
 from loopd.config.vllm import VllmConfig
 from loopd.types import Completion, GenerationRequest
 
@@ -199,6 +200,59 @@ class VllmBackend:
                 )
                 latency = time.perf_counter() - started
         return await self._completions(request, data, chat, latency)
+
+    # -- relaying a client's own request (the proxy) --------------------------------------
+
+    async def forward(
+        self, path: str, body: dict[str, Any], *, adapter: str | None
+    ) -> dict[str, Any]:
+        """From any event loop: POST a client's OpenAI request as it is; vLLM's JSON.
+
+        Counted in flight on ``adapter`` like a generation, so a swap drains it; raises
+        ``AdapterNotLoadedError`` at once when ``adapter`` was retired (route again).
+        """
+        return await self._on_own_loop(self._forward(path, body, adapter))
+
+    async def forward_stream(
+        self, path: str, body: dict[str, Any], *, adapter: str | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """From any event loop: a streaming request's chunks, as vLLM sent them.
+
+        Closing the iterator early (a client gone, a loop stopped) closes the connection,
+        and vLLM aborts the generation.
+        """
+        async for chunk in across_loops(self._stream(path, body, adapter), self._loop):
+            yield chunk
+
+    async def forward_base_model_name(self) -> str:
+        """``abase_model_name`` from any event loop."""
+        return await self._on_own_loop(self.abase_model_name())
+
+    async def _forward(self, path: str, body: dict[str, Any], adapter: str | None) -> Any:
+        with self._lifecycle.in_flight(adapter):
+            async with self._slots:
+                return await self._pool.post_with_retries(
+                    "proxy", path, body, adapter=adapter, hooks=self._lifecycle
+                )
+
+    async def _stream(
+        self, path: str, body: dict[str, Any], adapter: str | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        with self._lifecycle.in_flight(adapter):
+            async with self._slots:
+                response = await self._pool.open_stream(
+                    "proxy", path, body, adapter=adapter, hooks=self._lifecycle
+                )
+                try:
+                    async for chunk in sse_chunks(response):
+                        yield chunk
+                finally:
+                    await response.aclose()
+
+    async def _on_own_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        if asyncio.get_running_loop() is self._loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
 
     def _body(self, request: GenerationRequest, model: str, chat: bool) -> dict[str, Any]:
         return request_body(self.config, request, model, chat)

@@ -13,8 +13,8 @@ import asyncio
 import dataclasses
 import logging
 import random
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -30,6 +30,7 @@ from loopd.backends.vllm.resilience import Backoff, BreakerState, CircuitBreaker
 from loopd.config.vllm import VllmConfig
 
 log = logging.getLogger("loopd.backends.vllm")
+T = TypeVar("T")
 
 
 class Emit(Protocol):
@@ -151,19 +152,54 @@ class EndpointPool:
         adapter: str | None,
         hooks: AdapterHooks | None = None,
     ) -> dict[str, Any]:
-        """POST to some endpoint, retrying elsewhere/later on server trouble.
+        """POST to some endpoint, retrying elsewhere/later on server trouble; the JSON."""
 
-        Steps per attempt: (1) pick an endpoint whose breaker admits a call; (2) POST;
-        (3) 200 -> done; 404 on an adapter we loaded -> that server restarted, reload
-        (``hooks``) and retry; other 4xx -> raise at once; transport error / 5xx / 429 ->
-        count a breaker failure, back off, retry.
-        """
+        async def attempt(endpoint: Endpoint) -> dict[str, Any] | ServingError | _Retry:
+            response = await self._send(endpoint, operation, path, body, stream=False)
+            if not isinstance(response, httpx.Response):
+                return response
+            if response.status_code == 200:
+                return response.json()
+            return await self._refused(endpoint, operation, response, body, adapter, hooks)
+
+        return await self._retrying(operation, attempt)
+
+    async def open_stream(
+        self,
+        operation: str,
+        path: str,
+        body: dict[str, Any],
+        *,
+        adapter: str | None,
+        hooks: AdapterHooks | None = None,
+    ) -> httpx.Response:
+        """POST a streaming request, retried like any other until vLLM answers 200; the
+        open response (the caller reads and closes it). Nothing is retried once the
+        stream has begun: its first bytes may be on their way to a client."""
+
+        async def attempt(endpoint: Endpoint) -> httpx.Response | ServingError | _Retry:
+            response = await self._send(endpoint, operation, path, body, stream=True)
+            if not isinstance(response, httpx.Response) or response.status_code == 200:
+                return response
+            await response.aread()
+            await response.aclose()
+            return await self._refused(endpoint, operation, response, body, adapter, hooks)
+
+        return await self._retrying(operation, attempt)
+
+    async def _retrying(
+        self, operation: str, attempt: Callable[[Endpoint], Awaitable[T | ServingError | _Retry]]
+    ) -> T:
+        """Steps per attempt: (1) pick an endpoint whose breaker admits a call; (2)
+        ``attempt`` it: a result is done, a ``ServingError`` is raised at once (4xx), a
+        ``_Retry`` (transport error, 5xx, 429, an adapter lost in a restart) backs off and
+        tries again, elsewhere if it can."""
         last: ServingError = ServingUnavailableError("no vLLM endpoint admitted the request")
         tried: set[str] = set()
-        for attempt in range(self.config.max_retries + 1):
-            if attempt:
+        for number in range(self.config.max_retries + 1):
+            if number:
                 self._metrics.retries.labels(operation).inc()
-                await asyncio.sleep(self._retry_delay(attempt - 1))
+                await asyncio.sleep(self._retry_delay(number - 1))
             endpoint = self._pick(tried)
             if endpoint is None:
                 last = ServingUnavailableError(
@@ -172,11 +208,11 @@ class EndpointPool:
                 )
                 continue
             tried.add(endpoint.url)
-            outcome = await self._attempt(endpoint, operation, path, body, adapter, hooks)
-            if isinstance(outcome, dict):
-                return outcome
-            if not isinstance(outcome, _Retry):
+            outcome = await attempt(endpoint)
+            if isinstance(outcome, ServingError):
                 raise outcome
+            if not isinstance(outcome, _Retry):
+                return outcome
             last = outcome.error
         self._metrics.failures.labels("all", operation, last.kind).inc()
         raise ServingUnavailableError(
@@ -204,45 +240,34 @@ class EndpointPool:
         waits = [e.breaker.retry_in() for e in self.endpoints]
         return max(delay, min(waits)) if waits else delay
 
-    async def _attempt(
-        self,
-        endpoint: Endpoint,
-        operation: str,
-        path: str,
-        body: dict[str, Any],
-        adapter: str | None,
-        hooks: AdapterHooks | None,
-    ) -> dict[str, Any] | ServingError | _Retry:
-        """One POST: the answer's JSON, an error to raise at once, or a ``_Retry``."""
+    async def _send(
+        self, endpoint: Endpoint, operation: str, path: str, body: dict[str, Any], *, stream: bool
+    ) -> httpx.Response | _Retry:
+        """One POST; a 200 counts as a success here, anything else is the caller's to read."""
         url = endpoint.url
         try:
-            response = await self.client.post(url + path, json=body)
+            request = self.client.build_request("POST", url + path, json=body)
+            response = await self.client.send(request, stream=stream)
         except httpx.TransportError as error:
             endpoint.breaker.record_failure()
-            return self._failed(
-                url,
-                operation,
-                ServingUnavailableError(
-                    f"vLLM on {url} unreachable: {type(error).__name__}: {error}", endpoint=url
-                ),
-                retry=True,
+            error = ServingUnavailableError(
+                f"vLLM on {url} unreachable: {type(error).__name__}: {error}", endpoint=url
             )
+            return self._failed(url, operation, error, retry=True)
         except BaseException:
             endpoint.breaker.release()
             raise
         if response.status_code == 200:
             endpoint.breaker.record_success()
             self._metrics.requests.labels(url, operation, "ok").inc()
-            return response.json()
-        model = body.get("model", "?")
-        return await self._refused(endpoint, operation, response, model, adapter, hooks)
+        return response
 
     async def _refused(
         self,
         endpoint: Endpoint,
         operation: str,
         response: httpx.Response,
-        model: str,
+        body: dict[str, Any],
         adapter: str | None,
         hooks: AdapterHooks | None,
     ) -> ServingError | _Retry:
@@ -256,7 +281,7 @@ class EndpointPool:
             )
             return self._failed(url, operation, error, retry=True)
         endpoint.breaker.record_success()  # it answered: the server is up
-        error = request_error(status, message, model=model, endpoint=url)
+        error = request_error(status, message, model=body.get("model", "?"), endpoint=url)
         if status == 404 and adapter is not None and hooks is not None and hooks.is_loaded(adapter):
             await hooks.on_adapter_missing(endpoint)  # that server restarted and lost it
             return self._failed(url, operation, error, retry=True)

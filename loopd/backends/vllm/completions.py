@@ -9,8 +9,12 @@ answers in a different shape (``message.content``, per-token logprobs under ``co
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
+
+import httpx
 
 from loopd.config.vllm import VllmConfig
 from loopd.types import Completion, GenerationRequest
@@ -121,3 +125,14 @@ def chosen_logprobs(logprobs: dict[str, Any] | None, *, chat: bool) -> tuple[flo
         return tuple(float(item["logprob"]) for item in logprobs.get("content") or ())
     values = logprobs.get("token_logprobs")
     return None if values is None else tuple(float(v) for v in values)
+
+
+async def sse_chunks(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of an OpenAI server-sent-event stream, until ``[DONE]``."""
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue  # blank separators, comments, other fields
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)

@@ -51,6 +51,7 @@ class AdapterLifecycle:
         self._clock = clock
         self._last_start: dict[str | None, float] = {}
         self._pending_unload: dict[str, set[str]] = {}  # name -> endpoints that kept it
+        self._retired: set[str] = set()  # drained, being unloaded: no new request may start
         self._admin_lock = asyncio.Lock()
         self._monitor: asyncio.Task[None] | None = None
 
@@ -76,6 +77,8 @@ class AdapterLifecycle:
 
         Enter it before the request's first await: an unload that starts later waits for it.
         """
+        if adapter is not None and adapter in self._retired:
+            raise AdapterNotLoadedError(f"adapter {adapter!r} was retired; route to the live one")
         if adapter is not None and adapter not in self.loaded:
             raise AdapterNotLoadedError(
                 f"adapter {adapter!r} is not loaded (loaded: {list(self.loaded)}); load it "
@@ -162,13 +165,19 @@ class AdapterLifecycle:
             raise AdapterNotLoadedError(f"adapter {name!r} is not loaded by loopd")
         started = self._clock()
         drained = await self._drain(name)
+        # No await since the drain found it idle: retired now, nothing can start on it
+        # between that check and the unload (a request refused here is routed again).
+        self._retired.add(name)
         waited = self._clock() - started
         self._metrics.drain_seconds.observe(waited)
         endpoints = self._pool.endpoints
-        async with self._admin_lock:
-            if self.loaded.pop(name, None) is None:
-                return  # a concurrent unload finished first
-            gone = await asyncio.gather(*(self._calls.unload(e, name) for e in endpoints))
+        try:
+            async with self._admin_lock:
+                if self.loaded.pop(name, None) is None:
+                    return  # a concurrent unload finished first
+                gone = await asyncio.gather(*(self._calls.unload(e, name) for e in endpoints))
+        finally:
+            self._retired.discard(name)
         kept = {e.url for e, ok in zip(endpoints, gone, strict=True) if not ok}
         if kept:
             self._pending_unload[name] = kept

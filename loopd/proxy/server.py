@@ -1,0 +1,107 @@
+"""The proxy's HTTP server: a Starlette app under uvicorn, on a thread of the daemon.
+
+It shares the daemon's backend (so a request and a swap see the same adapters), its
+store and its metrics registry. ``start`` returns once the socket listens; ``stop`` ends
+the server (in-flight requests finish), then stores what the recorder still holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from loopd.backends.local import LocalBackend
+from loopd.backends.vllm import VllmBackend
+from loopd.loop import Loop
+from loopd.proxy.metrics import ProxyMetrics
+from loopd.proxy.recorder import SampleRecorder
+from loopd.proxy.routing import ModelRouter
+from loopd.proxy.service import ProxyService
+from loopd.proxy.upstream import LocalUpstream, Upstream, VllmUpstream
+
+log = logging.getLogger(__name__)
+
+
+def build_app(service: ProxyService) -> Starlette:
+    return Starlette(
+        routes=[
+            Route("/v1/models", service.models, methods=["GET"]),
+            Route("/v1/completions", service.completions, methods=["POST"]),
+            Route("/v1/chat/completions", service.chat, methods=["POST"]),
+        ]
+    )
+
+
+def upstream_for(loop: Loop) -> Upstream:
+    backend = loop.backend
+    if isinstance(backend, VllmBackend):
+        return VllmUpstream(backend)
+    if isinstance(backend, LocalBackend):
+        return LocalUpstream(backend, default_max_tokens=loop.cfg.serving.max_tokens)
+    raise TypeError(f"the proxy cannot serve through {type(backend).__name__}")
+
+
+class ProxyServer:
+    def __init__(self, loop: Loop, registry: CollectorRegistry):
+        cfg = loop.cfg
+        self.metrics = ProxyMetrics(registry)
+        self.recorder = (
+            SampleRecorder(loop.store, loop.detect, self.metrics,
+                           queue_size=cfg.proxy.queue_size, batch=cfg.proxy.write_batch)
+            if cfg.proxy.record else None
+        )  # fmt: skip
+        router = ModelRouter(
+            cfg.proxy.model_name, loop.deployer.live_name, version_prefix=cfg.deploy.adapter_prefix
+        )
+        self.service = ProxyService(
+            cfg.proxy,
+            router=router,
+            upstream=upstream_for(loop),
+            recorder=self.recorder,
+            detector=cfg.detector,
+            metrics=self.metrics,
+        )
+        config = uvicorn.Config(
+            build_app(self.service),
+            host=cfg.proxy.host,
+            port=cfg.proxy.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="loopd-proxy", daemon=True)
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        if self.recorder is not None:
+            self.recorder.start()
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the proxy could not listen on {self.service.cfg.host}:"
+                    f"{self.service.cfg.port} (see the log above); change proxy.port"
+                )
+            time.sleep(0.02)
+        log.info("proxy listening", extra={"url": self.url})
+
+    @property
+    def port(self) -> int:
+        return self._server.servers[0].sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.service.cfg.host}:{self.port}"
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout_s)
+        if self.recorder is not None:
+            self.recorder.stop(timeout_s)
