@@ -377,6 +377,7 @@ def test_drain_is_bounded_by_its_timeout():
             pass
         backend.unload_adapter("a-v0001")
         backend._loop.call_soon_threadsafe(fake.gate.set)
+        worker.join(timeout=60)
     assert events[-1][1]["drained"] is False
 
 

@@ -109,7 +109,7 @@ def _text_prompt(body: dict[str, Any]) -> Prompt:
         raise ProxyError(
             "prompt: one string (send a batch of prompts as separate requests)", param="prompt"
         )
-    return Prompt(id=_prompt_id(_utf8(text, "prompt")), text=text)
+    return Prompt(id=prompt_id(_utf8(text, "prompt")), text=text)
 
 
 def _chat_prompt(body: dict[str, Any]) -> Prompt:
@@ -125,7 +125,7 @@ def _chat_prompt(body: dict[str, Any]) -> Prompt:
         if not isinstance(content, str):
             raise ProxyError(f"{where}.content: a string (text-only chat)", param=where)
         kept.append({"role": message["role"], "content": _utf8(content, f"{where}.content")})
-    return Prompt(id=_prompt_id(json.dumps(kept, sort_keys=True)), messages=tuple(kept))
+    return Prompt(id=prompt_id(json.dumps(kept, sort_keys=True)), messages=tuple(kept))
 
 
 def _utf8(text: str, param: str) -> str:
@@ -137,7 +137,7 @@ def _utf8(text: str, param: str) -> str:
     return text
 
 
-def _prompt_id(words: str) -> str:
+def prompt_id(words: str) -> str:
     """Production prompts are named by their words: a repeated prompt is one prompt, so
     its clean answers can become the chosen side of its loops' pairs."""
     return "proxy-" + hashlib.sha256(words.encode()).hexdigest()[:20]

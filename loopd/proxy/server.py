@@ -34,6 +34,7 @@ def build_app(service: ProxyService) -> Starlette:
             Route("/v1/models", service.models, methods=["GET"]),
             Route("/v1/completions", service.completions, methods=["POST"]),
             Route("/v1/chat/completions", service.chat, methods=["POST"]),
+            Route("/v1/loopd/samples", service.ingest, methods=["POST"]),
         ]
     )
 
@@ -66,6 +67,8 @@ class ProxyServer:
             recorder=self.recorder,
             detector=cfg.detector,
             metrics=self.metrics,
+            store=loop.store,
+            detect=loop.detect,
         )
         config = uvicorn.Config(
             build_app(self.service),

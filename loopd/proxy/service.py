@@ -10,6 +10,7 @@ relayed; (7) each choice offered to the recorder. A refused request stores nothi
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -21,12 +22,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from loopd.config import DetectorConfig, ProxyConfig
 from loopd.proxy.calls import ProxyCall, ProxyError, Route, parse_call
+from loopd.proxy.ingest import idempotency_key, parse_batch
 from loopd.proxy.metrics import ProxyMetrics
 from loopd.proxy.recorder import SampleRecorder
 from loopd.proxy.routing import ModelRouter, UnknownModel
 from loopd.proxy.stream import WatchedStream
 from loopd.proxy.upstream import AdapterRetired, Upstream
-from loopd.types import Completion
+from loopd.store import Store
+from loopd.types import Completion, Detection, Prompt
 
 log = logging.getLogger(__name__)
 ROUTE_ATTEMPTS = 3  # a request routed again at most this often, after a retirement each
@@ -42,6 +45,8 @@ class ProxyService:
         recorder: SampleRecorder | None,
         detector: DetectorConfig,
         metrics: ProxyMetrics,
+        store: Store,
+        detect: Callable[[Completion], Detection],
     ):
         self.cfg = cfg
         self.router = router
@@ -49,6 +54,8 @@ class ProxyService:
         self.recorder = recorder
         self.detector = detector
         self.metrics = metrics
+        self.store = store
+        self.detect = detect
         self._keys = [k.get_secret_value().encode() for k in cfg.api_keys]
 
     # -- endpoints -------------------------------------------------------------------
@@ -68,6 +75,29 @@ class ProxyService:
 
     async def chat(self, request: Request) -> Response:
         return await self._generate("chat", request)
+
+    async def ingest(self, request: Request) -> Response:
+        """Store a batch a service got from vLLM directly; 200 once it is in the database."""
+
+        async def answer() -> Response:
+            key = idempotency_key(request.headers)
+            limit = self.cfg.max_ingest_samples
+            rows = parse_batch(await self.read_body(request), max_samples=limit)
+            ids, replayed, loops = await asyncio.to_thread(self._store_batch, key, rows)
+            if not replayed:
+                self.metrics.ingested.inc(len(ids))
+            body = {"stored": 0 if replayed else len(ids), "ids": ids, "replayed": replayed,
+                    "degenerate": loops}  # fmt: skip
+            return JSONResponse(body)
+
+        return await self._answer("ingest", request, answer)
+
+    def _store_batch(
+        self, key: str | None, rows: list[tuple[Prompt, Completion]]
+    ) -> tuple[list[int], bool, int]:
+        detected = [(prompt, c, self.detect(c)) for prompt, c in rows]
+        ids, replayed = self.store.add_ingested(key, detected)
+        return ids, replayed, sum(d.degenerate for _, _, d in detected)
 
     # -- steps -----------------------------------------------------------------------
 

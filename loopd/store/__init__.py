@@ -132,6 +132,26 @@ class Store:
                 samples.append(Sample(row_id, prompt, completion, detection, now))
         return samples
 
+    def add_ingested(
+        self, key: str | None, rows: Sequence[tuple[Prompt, Completion, Detection]]
+    ) -> tuple[list[int], bool]:
+        """Store an ingested batch once per idempotency ``key``: (sample ids, replayed).
+
+        The key and the samples commit together, so a batch is stored wholly or not at
+        all, and a retried post finds the first one's ids.
+        """
+        with self._transaction() as db:
+            if key is not None:
+                seen = list(db.query("SELECT sample_ids FROM ingest_keys WHERE key = ?", [key]))
+                if seen:
+                    return json.loads(seen[0]["sample_ids"]), True
+            ids = [sample.id for sample in self.add_samples(rows)]
+            if key is not None:
+                db["ingest_keys"].insert(
+                    {"key": key, "sample_ids": json.dumps(ids), "created_at": self._clock()}
+                )
+        return ids, False
+
     def _prompt_key(self, prompt: Prompt, now: float) -> str:
         """The stored prompt these words belong to: its id, or ``id@digest`` once the
         words under that id changed (a prompt file edited, or two files reusing an id).

@@ -135,3 +135,10 @@ def m006_heldout_set(db: sqlite_utils.Database) -> None:
         pk="id",
     )  # fmt: skip
     db["heldout_answers"].create_index(["adapter"])
+
+
+@migrations()
+def m007_ingest_keys(db: sqlite_utils.Database) -> None:
+    """Idempotency keys of ingested batches: a batch posted again (a client's retry after
+    a lost answer) returns what the first post stored instead of storing it twice."""
+    db["ingest_keys"].create({"key": str, "sample_ids": str, "created_at": float}, pk="key")

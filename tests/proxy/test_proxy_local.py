@@ -197,3 +197,36 @@ def test_the_daemon_serves_the_proxy_and_stores_its_queue_on_stop(
         daemon.stop()
     rows = loop.store.db.execute("select count(*) from samples where prompt_id like 'proxy-%'")
     assert rows.fetchone()[0] == 3
+
+
+def test_ingest_stores_a_batch_once_per_key_and_refuses_bad_ones(running: Running) -> None:
+    url = running.proxy.url + "/v1/loopd/samples"
+    auth = {"Authorization": f"Bearer {KEY}"}
+    loop_text = "the cat sat on the mat. " * 30
+    batch = {
+        "samples": [
+            {"prompt": "doc: a", "completion": "fine.", "finish_reason": "stop"},
+            {"messages": [{"role": "user", "content": "b"}], "completion": loop_text,
+             "finish_reason": "length", "model": "loopd-v0002"},
+        ]
+    }  # fmt: skip
+    headers = auth | {"Idempotency-Key": "batch-1"}
+    first = httpx.post(url, json=batch, headers=headers, timeout=60).json()
+    assert (first["stored"], first["degenerate"], first["replayed"]) == (2, 1, False)
+    again = httpx.post(url, json=batch, headers=headers, timeout=60).json()
+    assert (again["stored"], again["ids"], again["replayed"]) == (0, first["ids"], True)
+    assert running.loop.store.counts()["samples"] == 2
+    bad = [
+        ({"samples": []}, "samples"),
+        ({"samples": [{"prompt": "a"}]}, "samples[0].completion"),
+        ({"samples": [{"completion": "x"}]}, "samples[0]"),
+        ({"samples": [batch["samples"][0] | {"token_ids": [-1]}]}, "samples[0].token_ids[0]"),
+        ({"samples": [batch["samples"][0] | {"extra": 1}]}, "samples[0].extra"),
+        ({"samples": [batch["samples"][0]] * 1001}, "samples"),
+    ]
+    for body, param in bad:
+        response = httpx.post(url, json=body, headers=auth, timeout=60)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == param
+    assert httpx.post(url, json=batch, timeout=60).status_code == 401
+    assert running.loop.store.counts()["samples"] == 2

@@ -169,8 +169,11 @@ class VllmBackend:
         try:
             return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
         finally:
-            if self._on_event is not None:  # events of this call reach the hook before we return
-                self._hooks.submit(_noop).result(timeout)
+            # Events of this call reach the hook before we return; a call that ends after
+            # close() has no hook thread left to wait on (and must not fail for that).
+            if self._on_event is not None:
+                with contextlib.suppress(RuntimeError):  # "cannot schedule ... after shutdown"
+                    self._hooks.submit(_noop).result(timeout)
 
     # -- generation ----------------------------------------------------------------------
 
