@@ -113,6 +113,8 @@ class Daemon:
     def retention(self) -> None:
         cutoff = self.clock() - self.cfg.daemon.retention_days * 86400
         removed = self.loop.store.delete_old_samples(cutoff)
+        if self.cfg.daemon.retention_max_samples is not None:
+            removed += self.loop.store.delete_excess_samples(self.cfg.daemon.retention_max_samples)
         log.info("retention", extra={"removed_samples": removed})
 
     def _schedule(self, name: str, work: Callable[[], Any], seconds: float) -> None:

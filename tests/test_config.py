@@ -47,6 +47,22 @@ def test_bad_value_names_field_and_limit(tmp_path: Path) -> None:
     assert "pairing.chosen_order.1:" in problems and "'oracle'" in problems
 
 
+def test_proxy_settings_are_checked(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[proxy]\nenabled = true\nhost = "0.0.0.0"\nredact_patterns = ["ok", "(unclosed", "a*"]\n'
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(bad)
+    problems = "\n".join(error.value.problems)
+    assert (
+        "proxy.redact_patterns:" in problems and "[1] '(unclosed' is not a valid regex" in problems
+    )
+    bad.write_text('[proxy]\nenabled = true\nhost = "0.0.0.0"\n')
+    with pytest.raises(ConfigError, match=r"api_keys: the proxy listens on 0\.0\.0\.0"):
+        load_config(bad)
+
+
 def test_relative_paths_are_anchored_at_the_config_file(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     path = tmp_path / "sub" / "c.toml"

@@ -72,6 +72,21 @@ def test_retention_keeps_samples_that_pairs_use(tmp_path: Path) -> None:
     assert store.counts()["samples"] == 2
 
 
+def test_retention_by_count_keeps_pairs_and_unpaired_loops(store: Store) -> None:
+    paired, unpaired_loop, *clean = store.add_samples(
+        [(PROMPT, completion(), LOOP), (PROMPT, completion(), LOOP)]
+        + [(PROMPT, completion(f" c{i}"), Detection(False)) for i in range(5)]
+    )
+    store.add_pairs(
+        [Pair(PROMPT, " a b", " a a", "reference", paired.id)], handled_sample_ids=[paired.id]
+    )
+    assert store.delete_excess_samples(keep=4) == 3  # the three oldest clean ones
+    left = {row["id"] for row in store.db["samples"].rows}
+    assert left == {paired.id, unpaired_loop.id, clean[3].id, clean[4].id}
+    assert store.delete_excess_samples(keep=1) == 2  # past keep, but never the loop or pair
+    assert store.delete_excess_samples(keep=100) == 0
+
+
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     Store(path).close()

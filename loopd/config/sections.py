@@ -7,10 +7,19 @@ whole config and how a file becomes one live in ``loopd.config``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from loopd.config.vllm import VllmConfig
 
@@ -343,6 +352,12 @@ class DaemonConfig(Section):
     retention_days: float = Field(
         30.0, gt=0, description="Samples older than this that no pair uses are deleted."
     )
+    retention_max_samples: int | None = Field(
+        None,
+        gt=0,
+        description="Also keep at most this many samples (the proxy stores every answer): "
+        "the oldest that no pair uses go first; a loop not yet paired is never deleted.",
+    )
     retention_interval_seconds: float = Field(3600.0, gt=0, description="Retention job period.")
     train_check_seconds: float = Field(
         30.0, gt=0, description="How often to check whether enough fresh pairs exist."
@@ -404,6 +419,23 @@ class ProxyConfig(Section):
     max_ingest_samples: int = Field(
         1000, gt=0, description="Samples one POST /v1/loopd/samples may carry."
     )
+    redact_patterns: list[str] = Field(
+        default_factory=list,
+        description="Regular expressions (Python re) whose matches in prompts and answers "
+        "are replaced by redact_with before anything is stored (proxy and ingest).",
+    )
+    redact_with: str = Field("[redacted]", description="What a redacted match becomes.")
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for index, pattern in enumerate(patterns):
+            try:
+                if re.compile(pattern).search(""):
+                    raise ValueError(f"[{index}] {pattern!r} matches the empty string")
+            except re.error as error:
+                raise ValueError(f"[{index}] {pattern!r} is not a valid regex: {error}") from None
+        return patterns
 
     @model_validator(mode="after")
     def _keys_off_loopback(self) -> ProxyConfig:

@@ -21,6 +21,7 @@ from loopd.backends.vllm import VllmBackend
 from loopd.loop import Loop
 from loopd.proxy.metrics import ProxyMetrics
 from loopd.proxy.recorder import SampleRecorder
+from loopd.proxy.redact import Redactor
 from loopd.proxy.routing import ModelRouter
 from loopd.proxy.service import ProxyService
 from loopd.proxy.upstream import LocalUpstream, Upstream, VllmUpstream
@@ -69,6 +70,7 @@ class ProxyServer:
             metrics=self.metrics,
             store=loop.store,
             detect=loop.detect,
+            redactor=Redactor(cfg.proxy.redact_patterns, cfg.proxy.redact_with),
         )
         config = uvicorn.Config(
             build_app(self.service),

@@ -25,6 +25,7 @@ from loopd.proxy.calls import ProxyCall, ProxyError, Route, parse_call
 from loopd.proxy.ingest import idempotency_key, parse_batch
 from loopd.proxy.metrics import ProxyMetrics
 from loopd.proxy.recorder import SampleRecorder
+from loopd.proxy.redact import Redactor
 from loopd.proxy.routing import ModelRouter, UnknownModel
 from loopd.proxy.stream import WatchedStream
 from loopd.proxy.upstream import AdapterRetired, Upstream
@@ -47,6 +48,7 @@ class ProxyService:
         metrics: ProxyMetrics,
         store: Store,
         detect: Callable[[Completion], Detection],
+        redactor: Redactor,
     ):
         self.cfg = cfg
         self.router = router
@@ -56,6 +58,7 @@ class ProxyService:
         self.metrics = metrics
         self.store = store
         self.detect = detect
+        self.redactor = redactor
         self._keys = [k.get_secret_value().encode() for k in cfg.api_keys]
 
     # -- endpoints -------------------------------------------------------------------
@@ -95,7 +98,8 @@ class ProxyService:
     def _store_batch(
         self, key: str | None, rows: list[tuple[Prompt, Completion]]
     ) -> tuple[list[int], bool, int]:
-        detected = [(prompt, c, self.detect(c)) for prompt, c in rows]
+        redacted = [self.redactor.sample(prompt, c) for prompt, c in rows]
+        detected = [(prompt, c, self.detect(c)) for prompt, c in redacted]
         ids, replayed = self.store.add_ingested(key, detected)
         return ids, replayed, sum(d.degenerate for _, _, d in detected)
 
@@ -197,7 +201,7 @@ class ProxyService:
             completion = Completion(call.prompt.id, text, finish_reason, adapter=adapter,
                                     temperature=float(call.body.get("temperature", 1.0)),
                                     seed=call.body.get("seed"))  # fmt: skip
-            self.recorder.offer(call.prompt, completion)
+            self.recorder.offer(*self.redactor.sample(call.prompt, completion))
 
 
 def _choices_of(call: ProxyCall, data: dict[str, Any]) -> list[tuple[str, str]]:

@@ -493,6 +493,18 @@ class Store:
             self.db["samples"].delete_where(where, [older_than])
         return count
 
+    def delete_excess_samples(self, keep: int) -> int:
+        """Retention by count: drop the oldest samples past the newest ``keep`` that no
+        pair refers to; a loop pairing has not handled yet is never dropped."""
+        deletable = (
+            "id NOT IN (SELECT sample_id FROM pairs) AND NOT (degenerate = 1 AND paired = 0)"
+        )
+        with self._transaction() as db:
+            excess = max(0, db["samples"].count - keep)
+            oldest = f"SELECT id FROM samples WHERE {deletable} ORDER BY id LIMIT ?"
+            count = db.execute(f"DELETE FROM samples WHERE id IN ({oldest})", [excess]).rowcount
+        return count
+
 
 def _messages(prompt: Prompt) -> str | None:
     return json.dumps(prompt.messages) if prompt.messages else None

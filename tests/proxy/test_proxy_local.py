@@ -230,3 +230,17 @@ def test_ingest_stores_a_batch_once_per_key_and_refuses_bad_ones(running: Runnin
         assert response.json()["error"]["param"] == param
     assert httpx.post(url, json=batch, timeout=60).status_code == 401
     assert running.loop.store.counts()["samples"] == 2
+
+
+def test_redacted_words_never_reach_the_store(config: LoopdConfig) -> None:
+    for running in proxied(config, redact_patterns=[r"[\w.]+@[\w.]+", r"sk-[A-Za-z0-9]{8,}"]):
+        secret = "doc: mail ada@example.com key sk-ABCDEF123456 text:"
+        running.client().completions.create(model="loopd", prompt=secret, max_tokens=8)
+        ingest = {"samples": [{"prompt": secret, "completion": "to ada@example.com"}]}
+        headers = {"Authorization": f"Bearer {KEY}"}
+        httpx.post(running.proxy.url + "/v1/loopd/samples", json=ingest, headers=headers,
+                   timeout=60).raise_for_status()  # fmt: skip
+        assert running.samples() == 2
+        dump = "\n".join(running.loop.store.db.iterdump())
+        assert "ada@example.com" not in dump and "sk-ABCDEF123456" not in dump
+        assert "doc: mail [redacted] key [redacted] text:" in dump
