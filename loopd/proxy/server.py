@@ -79,6 +79,7 @@ class ProxyServer:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            timeout_graceful_shutdown=30,  # in-flight answers finish; a hung one cannot block
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="loopd-proxy", daemon=True)

@@ -126,6 +126,10 @@ class ProxyService:
             response = await answer()
         except ProxyError as error:
             response = JSONResponse(error.body(), status_code=error.status)
+        except Exception:  # a bug or an upstream surprise: a 500 in OpenAI's shape, logged
+            log.exception("proxy request failed", extra={"route": route})
+            error = ProxyError("internal error in loopd's proxy; see its log", status=500)
+            response = JSONResponse(error.body(), status_code=500)
         self.metrics.requests.labels(route, str(response.status_code)).inc()
         self.metrics.latency.labels(route).observe(time.perf_counter() - started)
         return response

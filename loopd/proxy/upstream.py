@@ -128,7 +128,12 @@ class LocalUpstream:
             seed=call.body.get("seed"),
             adapter=adapter,
         )
-        [completions] = await asyncio.to_thread(self.backend.generate, [request])
+        try:
+            [completions] = await asyncio.to_thread(self.backend.generate, [request])
+        except Exception:
+            if adapter is not None and adapter not in self.backend.adapters():
+                raise AdapterRetired(f"adapter {adapter!r} was unloaded meanwhile") from None
+            raise
         prompt_tokens = len(encode_prompt(self.backend.tokenizer, call.prompt))
         return completions, prompt_tokens
 
