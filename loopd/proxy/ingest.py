@@ -77,10 +77,8 @@ def parse_batch(raw: bytes, *, max_samples: int) -> list[tuple[Prompt, Completio
             param="samples",
         )
     rows = []
-    for index, sample in enumerate(batch.samples):
+    for sample in batch.samples:  # pydantic's JSON parser already refuses lone surrogates
         prompt = sample.as_prompt()
-        for name, text in (("prompt", prompt.text), ("completion", sample.completion)):
-            _storable(text, f"samples[{index}].{name}")
         rows.append((prompt, sample.as_completion(prompt)))
     return rows
 
@@ -90,13 +88,6 @@ def idempotency_key(headers: Any) -> str | None:
     if key is not None and not 1 <= len(key) <= MAX_KEY:
         raise ProxyError(f"Idempotency-Key: 1 to {MAX_KEY} characters", param="Idempotency-Key")
     return key
-
-
-def _storable(text: str | None, where: str) -> None:
-    try:
-        (text or "").encode("utf-8")
-    except UnicodeEncodeError:
-        raise ProxyError(f"{where}: text with an unpaired surrogate", param=where) from None
 
 
 def _where(loc: tuple[Any, ...]) -> str:

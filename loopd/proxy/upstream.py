@@ -61,10 +61,11 @@ class VllmUpstream:
     async def stream(self, call: ProxyCall, adapter: str | None) -> AsyncIterator[dict[str, Any]]:
         with _mapped_errors():
             body = await self._body(call, adapter)
-            async for chunk in self.backend.forward_stream(
-                PATHS[call.route], body, adapter=adapter
-            ):
-                yield chunk
+            # closed explicitly when the relay stops early: that is what cancels upstream
+            stream = self.backend.forward_stream(PATHS[call.route], body, adapter=adapter)
+            async with contextlib.aclosing(stream) as chunks:
+                async for chunk in chunks:
+                    yield chunk
 
     async def _body(self, call: ProxyCall, adapter: str | None) -> dict[str, Any]:
         return call.upstream_body(adapter or await self.base_model_name())

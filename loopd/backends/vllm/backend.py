@@ -224,8 +224,10 @@ class VllmBackend:
         Closing the iterator early (a client gone, a loop stopped) closes the connection,
         and vLLM aborts the generation.
         """
-        async for chunk in across_loops(self._stream(path, body, adapter), self._loop):
-            yield chunk
+        relayed = across_loops(self._stream(path, body, adapter), self._loop)
+        async with contextlib.aclosing(relayed) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def forward_base_model_name(self) -> str:
         """``abase_model_name`` from any event loop."""
