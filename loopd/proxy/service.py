@@ -27,7 +27,7 @@ from loopd.proxy.metrics import ProxyMetrics
 from loopd.proxy.recorder import SampleRecorder
 from loopd.proxy.redact import Redactor
 from loopd.proxy.routing import ModelRouter, UnknownModel
-from loopd.proxy.stream import WatchedStream
+from loopd.proxy.stream import DONE, WatchedStream
 from loopd.proxy.upstream import AdapterRetired, Upstream
 from loopd.store import Store
 from loopd.types import Completion, Detection, Prompt
@@ -190,11 +190,16 @@ class ProxyService:
         )
 
         async def body() -> AsyncIterator[bytes]:
+            recorded = False
             try:
                 async for part in watched.relay(first):
+                    if part == DONE:  # offered before the client hears the end of it
+                        self._record(call, _streamed(watched), adapter)
+                        recorded = True
                     yield part
             finally:
-                self._record(call, _streamed(watched), adapter)
+                if not recorded:  # the client went away first: what it was sent is stored
+                    self._record(call, _streamed(watched), adapter)
 
         return StreamingResponse(body(), media_type="text/event-stream")
 
