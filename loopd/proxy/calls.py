@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,6 +53,14 @@ class ProxyCall:
     @property
     def choices(self) -> int:
         return self.body.get("n") or 1
+
+    @property
+    def temperature(self) -> float:
+        return float(self.body.get("temperature", 1.0))  # OpenAI's default
+
+    @property
+    def seed(self) -> int | None:
+        return self.body.get("seed")
 
     def upstream_body(self, model: str) -> dict[str, Any]:
         """The body as sent upstream: the client's, naming the serving model."""
@@ -125,7 +134,7 @@ def _chat_prompt(body: dict[str, Any]) -> Prompt:
         if not isinstance(content, str):
             raise ProxyError(f"{where}.content: a string (text-only chat)", param=where)
         kept.append({"role": message["role"], "content": _utf8(content, f"{where}.content")})
-    return Prompt(id=prompt_id(json.dumps(kept, sort_keys=True)), messages=tuple(kept))
+    return Prompt(id=prompt_id(None, kept), messages=tuple(kept))
 
 
 def _utf8(text: str, param: str) -> str:
@@ -137,7 +146,10 @@ def _utf8(text: str, param: str) -> str:
     return text
 
 
-def prompt_id(words: str) -> str:
+def prompt_id(text: str | None, messages: Sequence[dict[str, str]] | None = None) -> str:
     """Production prompts are named by their words: a repeated prompt is one prompt, so
-    its clean answers can become the chosen side of its loops' pairs."""
+    its clean answers can become the chosen side of its loops' pairs. One derivation for
+    the proxy, the ingest API and redaction, so the same words always get the same id."""
+    chat = None if messages is None else json.dumps(list(messages), sort_keys=True)
+    words = chat if chat is not None else (text or "")
     return "proxy-" + hashlib.sha256(words.encode()).hexdigest()[:20]

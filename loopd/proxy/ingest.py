@@ -11,7 +11,6 @@ the first bad field, e.g. ``samples[3].completion``); a 200 means it is in the d
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -48,9 +47,13 @@ class IngestSample(BaseModel):
 
     def as_prompt(self) -> Prompt:
         messages = None if self.messages is None else tuple(m.model_dump() for m in self.messages)
-        words = self.prompt if messages is None else json.dumps(list(messages), sort_keys=True)
-        return Prompt(self.prompt_id or prompt_id(words), text=self.prompt, messages=messages,
-                      reference=self.reference, kind=self.kind)  # fmt: skip
+        return Prompt(
+            self.prompt_id or prompt_id(self.prompt, messages),
+            text=self.prompt,
+            messages=messages,
+            reference=self.reference,
+            kind=self.kind,
+        )
 
     def as_completion(self, prompt: Prompt) -> Completion:
         ids = None if self.token_ids is None else tuple(self.token_ids)

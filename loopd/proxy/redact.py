@@ -33,8 +33,7 @@ class Redactor:
             changed = dataclasses.replace(prompt, text=self.text(prompt.text or ""))
         if changed == prompt or not prompt.id.startswith("proxy-"):
             return changed  # a caller's own prompt id names no words: it stays
-        words = changed.text if changed.messages is None else repr(changed.messages)
-        return dataclasses.replace(changed, id=prompt_id(words))
+        return dataclasses.replace(changed, id=prompt_id(changed.text, changed.messages))
 
     def sample(self, prompt: Prompt, completion: Completion) -> tuple[Prompt, Completion]:
         """Both sides redacted; the completion points at the redacted prompt's id."""

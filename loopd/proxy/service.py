@@ -208,8 +208,7 @@ class ProxyService:
             return
         for text, finish_reason in texts:
             completion = Completion(call.prompt.id, text, finish_reason, adapter=adapter,
-                                    temperature=float(call.body.get("temperature", 1.0)),
-                                    seed=call.body.get("seed"))  # fmt: skip
+                                    temperature=call.temperature, seed=call.seed)  # fmt: skip
             self.recorder.offer(*self.redactor.sample(call.prompt, completion))
 
 

@@ -124,9 +124,9 @@ class LocalUpstream:
             call.prompt,
             max_tokens=call.max_tokens or self.default_max_tokens,
             n=call.choices,
-            temperature=float(call.body.get("temperature", 1.0)),
+            temperature=call.temperature,
             top_p=float(call.body.get("top_p", 1.0)),
-            seed=call.body.get("seed"),
+            seed=call.seed,
             adapter=adapter,
         )
         try:
