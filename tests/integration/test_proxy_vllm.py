@@ -259,7 +259,8 @@ def test_twenty_swaps_under_load_fail_no_request(proxied, make_adapter, cpu_burn
 
     assert failures == []
     assert {model for _, model, _ in answers} == set(order)  # every version served
-    assert [a for a in answers if a[2] != expected[a[1]]] == []  # each answer is its version's
+    mismatched = [a for a in answers if a[2] != expected[a[1]]]
+    assert mismatched == [], (mismatched, expected)  # each answer is its version's
     # Served by the version live when the request was sent, or a later one; at most one
     # back (routing reads the live name at most every 0.5 s; the parent is still loaded).
     assert all(order.index(model) >= sent_under - 1 for sent_under, model, _ in answers)

@@ -496,11 +496,14 @@ def written_at(table: Any, path: tuple[str, ...]) -> Any:
 
 def nul_paths(table: dict[str, Any]) -> set[tuple[str, ...]]:
     """The path fields the table gives a string with a NUL in (or, for a list field, a
-    list holding one). A list where one path belongs is refused for its type instead."""
+    list holding one). A list where one path belongs, or one string where a list
+    belongs, is refused for its type instead."""
     found = set()
     for path in PATH_FIELDS:
         value = written_at(table, path)
-        values = value if isinstance(value, list) and path in LIST_FIELDS else [value]
+        if (path in LIST_FIELDS) != isinstance(value, list):
+            continue  # the wrong shape: refused for its type, NUL or not
+        values = value if isinstance(value, list) else [value]
         if any(isinstance(v, str) and "\x00" in v for v in values):
             found.add(path)
     return found
@@ -530,6 +533,7 @@ def load(tmp_path_factory: pytest.TempPathFactory, data: str | bytes, suffix: st
 @example({"": 1})
 @example({"training": {"": 1}, "daemon": {"port": 1, "": 2}})
 @example({"daemon": {}, "deploy": {}, "detector": {}, "state_dir": ["\x00"]})
+@example({"sampling": {"prompts_per_round": False, "prompts": "\x00"}})
 def test_any_config_table_loads_or_names_its_bad_field(tmp_path_factory, table: dict[str, Any]):
     try:
         config = load(tmp_path_factory, toml_document(table))

