@@ -1,15 +1,22 @@
-"""The proxy's HTTP server: a Starlette app under uvicorn, on a thread of the daemon.
+"""The proxy's HTTP server: a Starlette app under uvicorn, inside the daemon.
 
 It shares the daemon's backend (so a request and a swap see the same adapters), its
-store and its metrics registry. ``start`` returns once the socket listens; ``stop`` ends
-the server (in-flight requests finish), then stores what the recorder still holds.
+store and its metrics registry. In front of vLLM it serves on the backend's own event
+loop, where the upstream connections live: a request then reaches vLLM and comes back
+without crossing threads (each crossing is a GIL hand-off, and under load those cost
+more than the proxy's own work). In front of the in-process engine, whose generation
+runs on worker threads anyway, it has a thread of its own. ``start`` returns once the
+socket listens; ``stop`` ends the server (in-flight requests finish), then stores what
+the recorder still holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from concurrent.futures import Future
 
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -82,21 +89,41 @@ class ProxyServer:
             timeout_graceful_shutdown=30,  # in-flight answers finish; a hung one cannot block
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="loopd-proxy", daemon=True)
+        self._backend = loop.backend
+        self._serving: Future[None] | threading.Thread | None = None
 
     def start(self, timeout_s: float = 60.0) -> None:
         if self.recorder is not None:
             self.recorder.start()
-        self._thread.start()
+        self._serving = self._serve()
         deadline = time.monotonic() + timeout_s
         while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
+            if not self._running() or time.monotonic() > deadline:
                 raise RuntimeError(
                     f"the proxy could not listen on {self.service.cfg.host}:"
                     f"{self.service.cfg.port} (see the log above); change proxy.port"
                 )
             time.sleep(0.02)
         log.info("proxy listening", extra={"url": self.url})
+
+    def _serve(self) -> Future[None] | threading.Thread:
+        if isinstance(self._backend, VllmBackend):
+            return self._backend.submit(self._server.serve())
+        thread = threading.Thread(target=self._server.run, name="loopd-proxy", daemon=True)
+        thread.start()
+        return thread
+
+    def _running(self) -> bool:
+        if isinstance(self._serving, threading.Thread):
+            return self._serving.is_alive()
+        return self._serving is not None and not self._serving.done()
+
+    def _wait_stopped(self, timeout_s: float) -> None:
+        if isinstance(self._serving, threading.Thread):
+            self._serving.join(timeout_s)
+        elif self._serving is not None:
+            with contextlib.suppress(Exception):
+                self._serving.result(timeout_s)
 
     @property
     def port(self) -> int:
@@ -108,6 +135,6 @@ class ProxyServer:
 
     def stop(self, timeout_s: float = 60.0) -> None:
         self._server.should_exit = True
-        self._thread.join(timeout_s)
+        self._wait_stopped(timeout_s)
         if self.recorder is not None:
             self.recorder.stop(timeout_s)

@@ -2,9 +2,11 @@
 
 The rest of loopd is sync, vLLM wants many requests at once: this module runs a private
 event loop on its own thread, sends each sync call there and waits for it, and delivers
-events to ``on_event`` on a third thread so a slow store never stalls a request. The HTTP
-is ``EndpointPool``'s (``client``), the adapter bookkeeping ``AdapterLifecycle``'s
-(``lifecycle``); the package docstring tells the whole design.
+events to ``on_event`` on a third thread so a slow store never stalls a request. The loop
+is uvloop's, and the proxy serves on it too (``submit``): a proxied request then crosses
+no thread on its way to vLLM and back. The HTTP is ``EndpointPool``'s (``client``), the
+adapter bookkeeping ``AdapterLifecycle``'s (``lifecycle``); the package docstring tells
+the whole design.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import uvloop
 from prometheus_client import CollectorRegistry
 
 from loopd.backends.vllm.client import EndpointPool
@@ -68,7 +71,7 @@ class VllmBackend:
         # Hooks run on their own thread, in order: a slow store write must never stall the
         # event loop that every request goes through.
         self._hooks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopd-vllm-events")
-        self._loop = asyncio.new_event_loop()
+        self._loop = uvloop.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="loopd-vllm", daemon=True
         )
@@ -158,6 +161,14 @@ class VllmBackend:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        """Run ``coro`` on the backend's loop without waiting: the proxy's server runs
+        there, so each of its requests reaches vLLM without a hop between threads."""
+        if self._closed:
+            coro.close()
+            raise ServingError("the vLLM backend is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop thread and wait; its events are delivered by return."""
         if threading.current_thread() is self._thread:
@@ -224,7 +235,10 @@ class VllmBackend:
         Closing the iterator early (a client gone, a loop stopped) closes the connection,
         and vLLM aborts the generation.
         """
-        relayed = across_loops(self._stream(path, body, adapter), self._loop)
+        own = asyncio.get_running_loop() is self._loop
+        relayed = self._stream(path, body, adapter)
+        if not own:
+            relayed = across_loops(relayed, self._loop)
         async with contextlib.aclosing(relayed) as chunks:
             async for chunk in chunks:
                 yield chunk

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from loopd.backends.vllm.errors import (
     ServingError,
@@ -104,11 +105,12 @@ class EndpointPool:
         limit = self.config.max_concurrent_requests
         key = self.config.api_key
         headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+        limits = httpx.Limits(max_connections=limit + 8, max_keepalive_connections=limit + 8)
         return httpx.AsyncClient(
-            transport=transport,
+            transport=transport or AiohttpTransport(limits=limits),
             headers=headers,
             timeout=self._timeout(self.config.request_timeout_s),
-            limits=httpx.Limits(max_connections=limit + 8, max_keepalive_connections=limit + 8),
+            limits=limits,
         )
 
     def _endpoint(self, url: str) -> Endpoint:
