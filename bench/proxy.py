@@ -12,8 +12,13 @@ Against one real vLLM server (the CPU build here) on the embedded model:
 Run:  python bench/proxy.py                        # starts its own vLLM from .venv-vllm
       python bench/proxy.py --rounds 8 --json build/bench-proxy.json
 
-The proxy runs in this process, as in the daemon; on a 2-core machine it shares the CPU
-with vLLM, so its overhead here is an upper bound of what a separate core would show.
+The proxy runs in this process, as in the daemon. Two layouts of the machine's cores:
+
+- ``own-core``: vLLM and the clients on core 0, the proxy alone on the others; both
+  paths then get the same CPU for vLLM and clients, and the proxy's cost shows as what
+  it adds, as on a production host where vLLM serves from a GPU box of its own;
+- ``shared``: nothing pinned, vLLM's own binding; the proxy takes CPU from the vLLM
+  front end and the clients, the cost of co-locating loopd with a CPU vLLM.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import asyncio
 import json
 import logging
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -33,6 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -53,6 +60,7 @@ from loopd.types import GenerationRequest  # noqa: E402
 
 SERVED = "base"
 PROMPT = "doc: amber anchor candle river tiger text:"
+LAYOUTS = ("own-core", "shared")
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,6 +74,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--loop-prompts", type=int, default=12)
     parser.add_argument("--loop-max-tokens", type=int, default=256)
+    parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
     return parser.parse_args()
 
@@ -102,7 +111,9 @@ async def timed_requests(url: str, body: dict, count: int, concurrency: int) -> 
     """``count`` requests from ``concurrency`` workers: per-request seconds, wall seconds."""
     latencies: list[float] = []
     queue = list(range(count))
-    async with httpx.AsyncClient(timeout=600) as client:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    transport = AiohttpTransport(limits=limits)  # a cheap load generator: aiohttp's pool
+    async with httpx.AsyncClient(transport=transport, timeout=600) as client:
 
         async def worker() -> None:
             while queue:
@@ -126,7 +137,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def latency_levels(server: VllmServer, proxy_url: str, args: argparse.Namespace) -> list[dict]:
+def latency_levels(
+    server: VllmServer, proxy_url: str, client_cpus: set[int], args: argparse.Namespace
+) -> list[dict]:
     body = {"prompt": PROMPT, "max_tokens": args.max_tokens, "temperature": 0}
     paths = {"direct": (server.url, body | {"model": SERVED}),
              "proxy": (proxy_url, body | {"model": "loopd"})}  # fmt: skip
@@ -134,7 +147,9 @@ def latency_levels(server: VllmServer, proxy_url: str, args: argparse.Namespace)
     # The clients run in a process of their own, as real clients would: in this one they
     # would share the interpreter lock with the proxy and slow it down.
     spawn = multiprocessing.get_context("spawn")
-    with Progress() as progress, ProcessPoolExecutor(1, mp_context=spawn) as clients:
+    pool = ProcessPoolExecutor(1, mp_context=spawn, initializer=os.sched_setaffinity,
+                               initargs=(0, client_cpus))  # fmt: skip
+    with Progress() as progress, pool as clients:
         task = progress.add_task("latency", total=len(args.concurrency) * 4 * args.rounds)
         for concurrency in args.concurrency:
             seen: dict[str, list[float]] = {"direct": [], "proxy": []}
@@ -211,22 +226,24 @@ def loop_stopping(server: VllmServer, model: Path, embedded: Path, args) -> dict
     }
 
 
-def report(levels: list[dict], stopping: dict) -> Table:
+def report(layouts: dict[str, list[dict]], stopping: dict) -> Table:
     table = Table(title="loopd proxy vs direct vLLM (CPU vLLM, embedded model)")
-    for column in ("concurrency", "direct p50 / p99 ms", "added p50 / p99 ms",
+    for column in ("layout", "concurrency", "direct p50 / p99 ms", "added p50 / p99 ms",
                    "direct req/s", "proxy req/s", "throughput overhead",
                    "proxy CPU ms/req"):  # fmt: skip
         table.add_column(column, justify="right")
-    for row in levels:
-        table.add_row(
-            str(row["concurrency"]),
-            f"{row['direct_p50_ms']:.0f} / {row['direct_p99_ms']:.0f}",
-            f"{row['added_p50_ms']:+.1f} / {row['added_p99_ms']:+.1f}",
-            f"{row['direct_rps']:.2f}",
-            f"{row['proxy_rps']:.2f}",
-            f"{100 * row['throughput_overhead']:+.1f}%",
-            f"{row['proxy_cpu_ms_per_request']:.1f}",
-        )
+    for layout, levels in layouts.items():
+        for row in levels:
+            table.add_row(
+                layout,
+                str(row["concurrency"]),
+                f"{row['direct_p50_ms']:.0f} / {row['direct_p99_ms']:.0f}",
+                f"{row['added_p50_ms']:+.1f} / {row['added_p99_ms']:+.1f}",
+                f"{row['direct_rps']:.2f}",
+                f"{row['proxy_rps']:.2f}",
+                f"{100 * row['throughput_overhead']:+.1f}%",
+                f"{row['proxy_cpu_ms_per_request']:.1f}",
+            )
     off, stop = stopping["off"], stopping["stop"]
     table.caption = (
         f"loop stopping on {off['prompts']} looping prompts: {off['tokens']} tokens streamed "
@@ -236,25 +253,53 @@ def report(levels: list[dict], stopping: dict) -> Table:
     return table
 
 
+def cores(layout: str) -> tuple[set[int], set[int]]:
+    """(vLLM and clients, the proxy): core 0 and the rest for ``own-core``, else all."""
+    every = os.sched_getaffinity(0)
+    if layout == "shared" or len(every) < 2:
+        return every, every
+    first = min(every)
+    return {first}, every - {first}
+
+
+@contextmanager
+def vllm_for(layout: str, model: Path, args: argparse.Namespace) -> Iterator[VllmServer]:
+    served_on, _ = cores(layout)
+    pinned = frozenset(served_on) if layout == "own-core" else frozenset()
+    server = VllmServer(model, served_name=SERVED, log_path=args.workdir / "vllm.log",
+                        cpus=pinned)  # fmt: skip
+    print(f"{layout}: starting vLLM on {server.url} (log: {server.log_path}) ...", flush=True)
+    with server:
+        yield server
+
+
+def measure_layout(layout: str, model: Path, embedded: Path, args) -> list[dict]:
+    """Latency levels with this process (the proxy's threads inherit it) on its cores."""
+    every = os.sched_getaffinity(0)
+    clients_on, proxy_on = cores(layout)
+    with vllm_for(layout, model, args) as server:
+        os.sched_setaffinity(0, proxy_on)
+        try:
+            with proxy_over(server, model, embedded, "log") as (_, url):
+                return latency_levels(server, url, clients_on, args)
+        finally:
+            os.sched_setaffinity(0, every)
+
+
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     args.workdir.mkdir(parents=True, exist_ok=True)
     embedded = ensure_embedded(args.workdir / "embedded", EmbeddedSpec())
     model = embedded / "model"
-    server = VllmServer(model, served_name=SERVED, log_path=args.workdir / "vllm.log")
-    print(f"starting vLLM on {server.url} (log: {server.log_path}) ...", flush=True)
-    server.start()
-    try:
-        with proxy_over(server, model, embedded, "log") as (_, url):
-            levels = latency_levels(server, url, args)
+    layouts = {layout: measure_layout(layout, model, embedded, args) for layout in args.layouts}
+    with vllm_for("shared", model, args) as server:
         stopping = loop_stopping(server, model, embedded, args)
-    finally:
-        server.stop()
-    Console().print(report(levels, stopping))
+    Console().print(report(layouts, stopping))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"levels": levels, "loop_stopping": stopping}, indent=2))
+        figures = {"layouts": layouts, "loop_stopping": stopping}
+        args.json.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

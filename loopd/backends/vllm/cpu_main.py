@@ -66,7 +66,16 @@ def drop_own_folder_from_path() -> None:
     sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or ".") != here]
 
 
+def pin_to_requested_cpus() -> None:
+    """``$LOOPD_VLLM_CPUS`` (``0,1``): this process and the ones it starts run only there
+    (``VllmServer(cpus=...)``: benchmarks keep the server off the cores loopd uses)."""
+    cpus = os.environ.get("LOOPD_VLLM_CPUS")
+    if cpus:
+        os.sched_setaffinity(0, {int(cpu) for cpu in cpus.split(",")})
+
+
 drop_own_folder_from_path()
+pin_to_requested_cpus()
 fix_cpu_lora_ops()
 
 if __name__ == "__main__":

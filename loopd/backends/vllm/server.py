@@ -65,6 +65,7 @@ class VllmServer:
     max_model_len: int = 512
     log_path: Path | None = None
     extra_args: tuple[str, ...] = ()
+    cpus: frozenset[int] = frozenset()  # pin the whole server here; empty: vLLM's own binding
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -89,12 +90,24 @@ class VllmServer:
         ]  # fmt: skip
 
     def environment(self) -> dict[str, str]:
-        return os.environ | {
+        fixed = {
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
             "VLLM_CPU_KVCACHE_SPACE": "1",
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
             "HF_HUB_OFFLINE": "1",
+        }
+        return os.environ | fixed | self._pinning()
+
+    def _pinning(self) -> dict[str, str]:
+        """``cpus`` for the whole server: cpu_main pins the process, vLLM its compute."""
+        if not self.cpus:
+            return {}
+        listed = ",".join(map(str, sorted(self.cpus)))
+        return {
+            "LOOPD_VLLM_CPUS": listed,
+            "VLLM_CPU_OMP_THREADS_BIND": listed,
+            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",  # the front end shares the pinned cores
         }
 
     def start(self, timeout_s: float = 240.0) -> None:
