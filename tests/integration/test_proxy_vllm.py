@@ -16,9 +16,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from loopd.adapters import AdapterRegistry
 from loopd.backends.vllm import VllmBackend, VllmConfig
@@ -155,8 +157,29 @@ def test_refused_requests_get_4xx_and_store_nothing(proxied) -> None:
     assert running.samples() == 0
 
 
+def vllm_metric(url: str, name: str) -> float:
+    """The sum of one of vLLM's own Prometheus series, read with prometheus_client."""
+    text = httpx.get(url + "/metrics", timeout=60).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+def generated_once_idle(url: str) -> float:
+    """vLLM's generated-token count, read once it runs no request (aborts included)."""
+    deadline = time.monotonic() + 300
+    while vllm_metric(url, "vllm:num_requests_running") > 0:
+        assert time.monotonic() < deadline, "vLLM kept a request running for 300 s"
+        time.sleep(0.2)
+    return vllm_metric(url, "vllm:generation_tokens_total")
+
+
 def test_a_looping_stream_is_stopped_upstream(proxied) -> None:
     running = proxied(loop_stopping="stop")
+    limit = 384  # within vLLM's 512-token context; the longer, the plainer the saving
     looping = next(
         p.text
         for p in running.loop.inputs.train_prompts
@@ -164,15 +187,19 @@ def test_a_looping_stream_is_stopped_upstream(proxied) -> None:
             running.loop.backend.generate([GenerationRequest(p, max_tokens=256)])[0][0]
         ).degenerate
     )
+    before = generated_once_idle(running.vllm_url)
     chunks = list(
         running.client().completions.create(
-            model="loopd", prompt=looping, max_tokens=256, temperature=0, stream=True
+            model="loopd", prompt=looping, max_tokens=limit, temperature=0, stream=True
         )
     )
     assert chunks[-1].choices[0].finish_reason == STOPPED
     sent = sum(1 for c in chunks if c.choices and c.choices[0].text)
     saved = running.registry.get_sample_value("loopd_proxy_tokens_saved_total")
-    assert sent < 256 and saved == 256 - sent
+    assert sent < limit and saved == limit - sent
+    # vLLM itself stopped: it aborted the request when the proxy closed the connection
+    generated = generated_once_idle(running.vllm_url) - before
+    assert sent <= generated < limit, (sent, generated)
     assert running.samples() == 1
     [sample] = running.loop.store.unpaired_degenerate()
     assert sample.completion.finish_reason == STOPPED
