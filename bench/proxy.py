@@ -36,6 +36,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -43,6 +44,7 @@ from httpx_aiohttp import AiohttpTransport
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from scipy import stats
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -68,9 +70,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=REPO / "build" / "bench-proxy")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument(
-        "--requests", type=int, default=16, help="per block, at least 2x concurrency"
+        "--requests",
+        type=int,
+        default=64,
+        help="per block, at least 16x concurrency: blocks of seconds, not a warm-up",
     )
-    parser.add_argument("--rounds", type=int, default=4, help="ABBA rounds per concurrency")
+    parser.add_argument("--rounds", type=int, default=6, help="ABBA rounds per concurrency")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--loop-prompts", type=int, default=12)
     parser.add_argument("--loop-max-tokens", type=int, default=256)
@@ -137,6 +142,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+@dataclass
+class Measured:
+    """What one path (direct or proxy) got in one ABBA round."""
+
+    latencies: list[float] = field(default_factory=list)
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.wall
+
+
 def latency_levels(
     server: VllmServer, proxy_url: str, client_cpus: set[int], args: argparse.Namespace
 ) -> list[dict]:
@@ -152,39 +170,54 @@ def latency_levels(
     with Progress() as progress, pool as clients:
         task = progress.add_task("latency", total=len(args.concurrency) * 4 * args.rounds)
         for concurrency in args.concurrency:
-            seen: dict[str, list[float]] = {"direct": [], "proxy": []}
-            walls: dict[str, float] = {"direct": 0.0, "proxy": 0.0}
-            cpus: dict[str, float] = {"direct": 0.0, "proxy": 0.0}
+            count = max(args.requests, 16 * concurrency)
+            rounds = []
             # ABBA blocks, repeated: the CPU server's speed drifts a lot within a run
-            for block in ("direct", "proxy", "proxy", "direct") * args.rounds:
-                url, path_body = paths[block]
-                count = max(args.requests, 2 * concurrency)
-                cpu = time.process_time()  # this process: the proxy's threads only
-                latencies, wall = clients.submit(
-                    run_block, url, path_body, count, concurrency
-                ).result()
-                seen[block] += latencies
-                walls[block] += wall
-                cpus[block] += time.process_time() - cpu
-                progress.advance(task)
-            rows.append(level_row(concurrency, seen, walls))
-            rows[-1]["proxy_cpu_ms_per_request"] = 1000 * cpus["proxy"] / len(seen["proxy"])
+            for _ in range(args.rounds):
+                got = {"direct": Measured(), "proxy": Measured()}
+                for block in ("direct", "proxy", "proxy", "direct"):
+                    url, path_body = paths[block]
+                    cpu = time.process_time()  # this process: the proxy's threads only
+                    latencies, wall = clients.submit(
+                        run_block, url, path_body, count, concurrency
+                    ).result()
+                    got[block].latencies += latencies
+                    got[block].wall += wall
+                    got[block].cpu += time.process_time() - cpu
+                    progress.advance(task)
+                rounds.append(got)
+            rows.append(level_row(concurrency, rounds))
     return rows
 
 
-def level_row(concurrency: int, seen: dict[str, list[float]], walls: dict[str, float]) -> dict:
-    rate = {path: len(seen[path]) / walls[path] for path in seen}
+def level_row(concurrency: int, rounds: list[dict[str, Measured]]) -> dict:
+    """Pooled figures, and the overhead's 95% interval over rounds (Student's t): the
+    server's speed drifts between rounds, so one figure alone says little."""
+    pooled = {
+        path: Measured([x for r in rounds for x in r[path].latencies],
+                    sum(r[path].wall for r in rounds), sum(r[path].cpu for r in rounds))
+        for path in ("direct", "proxy")
+    }  # fmt: skip
+    direct, proxy = pooled["direct"], pooled["proxy"]
+    per_round = [1 - r["proxy"].rate / r["direct"].rate for r in rounds]
+    mean = statistics.fmean(per_round)
+    spread = stats.sem(per_round) if len(per_round) > 1 else float("nan")
+    low, high = stats.t.interval(0.95, len(per_round) - 1, loc=mean, scale=spread)
     return {
         "concurrency": concurrency,
-        "requests": {path: len(values) for path, values in seen.items()},
-        "direct_p50_ms": 1000 * statistics.median(seen["direct"]),
-        "direct_p99_ms": 1000 * percentile(seen["direct"], 0.99),
+        "requests": {path: len(got.latencies) for path, got in pooled.items()},
+        "direct_p50_ms": 1000 * statistics.median(direct.latencies),
+        "direct_p99_ms": 1000 * percentile(direct.latencies, 0.99),
         "added_p50_ms": 1000
-        * (statistics.median(seen["proxy"]) - statistics.median(seen["direct"])),
-        "added_p99_ms": 1000 * (percentile(seen["proxy"], 0.99) - percentile(seen["direct"], 0.99)),
-        "direct_rps": rate["direct"],
-        "proxy_rps": rate["proxy"],
-        "throughput_overhead": 1 - rate["proxy"] / rate["direct"],
+        * (statistics.median(proxy.latencies) - statistics.median(direct.latencies)),
+        "added_p99_ms": 1000
+        * (percentile(proxy.latencies, 0.99) - percentile(direct.latencies, 0.99)),
+        "direct_rps": direct.rate,
+        "proxy_rps": proxy.rate,
+        "throughput_overhead": 1 - proxy.rate / direct.rate,
+        "overhead_per_round": per_round,
+        "overhead_ci95": [low, high],
+        "proxy_cpu_ms_per_request": 1000 * proxy.cpu / len(proxy.latencies),
     }
 
 
@@ -229,7 +262,7 @@ def loop_stopping(server: VllmServer, model: Path, embedded: Path, args) -> dict
 def report(layouts: dict[str, list[dict]], stopping: dict) -> Table:
     table = Table(title="loopd proxy vs direct vLLM (CPU vLLM, embedded model)")
     for column in ("layout", "concurrency", "direct p50 / p99 ms", "added p50 / p99 ms",
-                   "direct req/s", "proxy req/s", "throughput overhead",
+                   "direct req/s", "proxy req/s", "throughput overhead (95% CI)",
                    "proxy CPU ms/req"):  # fmt: skip
         table.add_column(column, justify="right")
     for layout, levels in layouts.items():
@@ -241,7 +274,8 @@ def report(layouts: dict[str, list[dict]], stopping: dict) -> Table:
                 f"{row['added_p50_ms']:+.1f} / {row['added_p99_ms']:+.1f}",
                 f"{row['direct_rps']:.2f}",
                 f"{row['proxy_rps']:.2f}",
-                f"{100 * row['throughput_overhead']:+.1f}%",
+                f"{100 * row['throughput_overhead']:+.1f}% "
+                f"({100 * row['overhead_ci95'][0]:+.0f}..{100 * row['overhead_ci95'][1]:+.0f})",
                 f"{row['proxy_cpu_ms_per_request']:.1f}",
             )
     off, stop = stopping["off"], stopping["stop"]
