@@ -94,7 +94,7 @@ class Harness:
 
     def errors(self, job: str) -> int:
         value = self.daemon.metrics.registry.get_sample_value(
-            "loopd_job_runs_total", {"job": job, "outcome": "error"}
+            "loopd_job_runs_total", {"job_name": job, "outcome": "error"}
         )
         return int(value or 0)
 

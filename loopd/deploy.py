@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from loopd import failpoints
 from loopd.adapters import BASE, AdapterCorrupt, AdapterRegistry, label
 from loopd.backends import AdapterLoadError, ServingBackend
 from loopd.store import Store
 from loopd.types import AdapterVersion, GenerationRequest, Prompt
+
+if TYPE_CHECKING:
+    from loopd.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,7 @@ class Deployer:
         self.watch_samples = watch_samples
         self.lock = threading.RLock()
         self.protected: set[str] = set()  # candidates under evaluation: never retired
+        self.metrics: Metrics | None = None  # set by Loop.attach_metrics: swap times
         # backend None: no serving attached (an operator's command while the daemon is
         # down): transitions are recorded, and the daemon's restore() loads the live one
 
@@ -106,6 +111,7 @@ class Deployer:
             if refused:
                 raise DeployRefused(f"{version.name} not deployed: {refused}")
             previous = self.live()
+            started = time.perf_counter()
             try:
                 self._ensure_loaded(version)
                 self._probe(version)
@@ -124,6 +130,8 @@ class Deployer:
                 reason=reason,
                 **self._watch_baseline(previous),
             )
+            if self.metrics is not None:
+                self.metrics.adapter_swap_seconds.observe(time.perf_counter() - started)
             name = self.serving_name(version)
             log.info("adapter deployed", extra={"version": version.version, "adapter": name})
             failpoints.reach("deploy.recorded")

@@ -23,12 +23,13 @@ from loopd import canary as canaries
 from loopd import detect as detector
 from loopd import failpoints, heldout, readiness
 from loopd.adapters import AdapterRegistry
-from loopd.backends import ServingBackend
+from loopd.backends import ObservedBackend, ServingBackend
 from loopd.config import LoopdConfig
 from loopd.deploy import Deployer, DeployFailed, DeployRefused
 from loopd.evaluate import HeldoutEvaluator
 from loopd.gate import gate
 from loopd.inputs import Inputs
+from loopd.metrics import Metrics
 from loopd.pair import make_pair, wants_resample
 from loopd.sample import draw, sample
 from loopd.store import Store
@@ -78,15 +79,19 @@ class Loop:
         backend: ServingBackend,
         store: Store,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ):
         self.cfg = cfg
         self.inputs = inputs
-        self.backend = backend
+        self.backend = backend  # as given: the daemon's health check and the proxy use it
         self.store = store
         self.clock = clock
+        self.metrics: Metrics | None = None
+        # what the stages call: the same backend, its errors counted once metrics attach
+        self.serving = ObservedBackend(backend, self._backend_error)
         self.registry = AdapterRegistry(cfg.adapters_dir)
         self.deployer = Deployer(
-            backend,
+            self.serving,
             store,
             registry=self.registry,
             prefix=cfg.deploy.adapter_prefix,
@@ -95,6 +100,18 @@ class Loop:
         self.cancel = threading.Event()  # set on shutdown: a running round is stopped
         self._blocked_logged: str | None = None
         self.heldout = self._heldout_evaluator()
+        if metrics is not None:
+            self.attach_metrics(metrics)
+
+    def attach_metrics(self, metrics: Metrics) -> None:
+        """Let the stages observe into ``metrics``: detection and training time, swaps,
+        serving errors. Without it the loop runs the same, unobserved."""
+        self.metrics = metrics
+        self.deployer.metrics = metrics
+
+    def _backend_error(self, error: Exception) -> None:
+        if self.metrics is not None:
+            self.metrics.backend_error(error)
 
     def recover(self) -> AdapterVersion | None:
         """After a (re)start: load the live adapter, drop half-written rounds' leftovers.
@@ -121,11 +138,22 @@ class Loop:
         )
         return live
 
+    def reconfigure(self, cfg: LoopdConfig) -> None:
+        """Run every later stage under ``cfg`` (a reload; ``loopd.reload`` vetted it).
+
+        Held-out reports are cached per serving name; a new token limit or detector
+        would compare old measurements with new ones, so the cache starts afresh.
+        """
+        old, self.cfg = self.cfg, cfg
+        self.deployer.watch_samples = cfg.deploy.watch_samples
+        if (old.serving.max_tokens, old.detector) != (cfg.serving.max_tokens, cfg.detector):
+            self.heldout = self._heldout_evaluator()
+
     def _heldout_evaluator(self) -> HeldoutEvaluator:
         """Reports on the active held-out prompts; every measured answer is stored."""
         prompts = heldout.active_set(self.store, self.inputs.heldout, self.cfg.gate.heldout_size)
         return HeldoutEvaluator(
-            self.backend,
+            self.serving,
             prompts,
             max_tokens=self.cfg.serving.max_tokens,
             detect=self.detect,
@@ -147,12 +175,16 @@ class Loop:
         return True
 
     def detect(self, completion: Completion) -> Detection:
-        return detector.detect(
+        started = time.perf_counter()
+        detection = detector.detect(
             completion.text,
             token_ids=completion.token_ids,
             finish_reason=completion.finish_reason,
             config=self.cfg.detector,
         )
+        if self.metrics is not None:
+            self.metrics.detection_seconds.observe(time.perf_counter() - started)
+        return detection
 
     # -- sample → detect → store → pair ------------------------------------------
 
@@ -188,7 +220,7 @@ class Loop:
         if not prompts:
             return []
         return sample(
-            self.backend,
+            self.serving,
             prompts,
             adapter=adapter,
             cfg=self.cfg.sampling,
@@ -239,7 +271,7 @@ class Loop:
             )
             for s in samples
         ]
-        groups = self.backend.generate(requests)
+        groups = self.serving.generate(requests)
         return {s.id: group for s, group in zip(samples, groups, strict=True)}
 
     # -- train → evaluate → gate → deploy ----------------------------------------
@@ -316,6 +348,7 @@ class Loop:
             "training round", extra={"round": round_id, "fresh": len(fresh), "replay": len(replay)}
         )
         try:
+            started = time.perf_counter()
             result = run_round(
                 fresh + replay,
                 base_model=self.inputs.base_model,
@@ -325,6 +358,8 @@ class Loop:
                 on_progress=on_progress,
                 cancel=self.cancel,
             )
+            if self.metrics is not None:
+                self.metrics.training_seconds.observe(time.perf_counter() - started)
             if result.metrics.get("misaligned_pairs"):
                 log.warning("pairs misaligned with their prompt", extra=result.metrics)
             candidate = self._publish(staging, version, live, round_id, result, fresh)
@@ -461,9 +496,9 @@ class Loop:
 
     def _discard(self, name: str) -> None:
         """Best effort: a candidate that failed evaluation must not stay loaded."""
-        if name in self.backend.adapters():
+        if name in self.serving.adapters():
             try:
-                self.backend.unload_adapter(name)
+                self.serving.unload_adapter(name)
             except Exception:
                 log.exception("could not unload a failed candidate", extra={"adapter": name})
 
@@ -503,6 +538,7 @@ class Loop:
                 "dropped_overlong": result.dropped_overlong,
                 "train_seconds": result.seconds,
                 "final_loss": result.final_loss,
+                "train_metrics": result.metrics,
             }
         return fields
 

@@ -29,7 +29,7 @@ def wait_for(predicate, timeout: float = 60.0) -> None:
 
 def job_runs(daemon: Daemon, outcome: str) -> float:
     """The sample job's runs with ``outcome`` so far (0 before the first)."""
-    labels = {"job": "sample", "outcome": outcome}
+    labels = {"job_name": "sample", "outcome": outcome}
     return daemon.metrics.registry.get_sample_value("loopd_job_runs_total", labels) or 0.0
 
 
@@ -58,13 +58,14 @@ def test_jobs_run_metrics_scrape_and_failures_are_counted(daemon_config: LoopdCo
         wait_for(lambda: job_runs(daemon, "ok") >= 1)
         assert httpx.get(f"{url}/healthz").status_code == 200
         scraped = scrape(httpx.get(f"{url}/metrics").text)
-        runs = scraped['loopd_job_runs_total{job="sample",outcome="ok"}']
+        runs = scraped['loopd_job_runs_total{job_name="sample",outcome="ok"}']
         per_run = cfg.sampling.prompts_per_round * cfg.sampling.samples_per_prompt
         assert runs >= 1  # a later run may have finished too: expectations scale with it
-        assert scraped["loopd_samples_total"] >= runs * per_run
-        assert scraped["loopd_samples_total"] % per_run == 0  # whole runs only
+        samples = sum(v for k, v in scraped.items() if k.startswith("loopd_samples_total{"))
+        assert samples >= runs * per_run  # summed over adapter and outcome
+        assert samples % per_run == 0  # whole runs only
         status = httpx.get(f"{url}/status").json()
-        assert status["counts"]["samples"] >= scraped["loopd_samples_total"]
+        assert status["counts"]["samples"] >= samples
         assert status["counts"]["samples"] % per_run == 0
         assert httpx.get(f"{url}/nope").status_code == 404
 
@@ -73,7 +74,7 @@ def test_jobs_run_metrics_scrape_and_failures_are_counted(daemon_config: LoopdCo
 
         assert daemon.run_job("sample", broken) is False  # logged and counted, not raised
         value = daemon.metrics.registry.get_sample_value(
-            "loopd_job_runs_total", {"job": "sample", "outcome": "error"}
+            "loopd_job_runs_total", {"job_name": "sample", "outcome": "error"}
         )
         assert value == 1.0
         assert daemon.run_job("sample", loop.sample_round) is True  # and the next run works

@@ -45,6 +45,50 @@ class ServingBackend(Protocol):
     def close(self) -> None: ...
 
 
+class ObservedBackend:
+    """``backend`` unchanged, except that every exception one of its calls raises is
+    shown to ``on_error`` (which counts it) before it propagates.
+
+    The loop's stages call serving through this; the daemon's health check and the
+    proxy use the backend itself. ``answer_logprobs`` (optional, used by the gate's
+    likelihood check) is passed through only where the backend has it.
+    """
+
+    def __init__(self, backend: ServingBackend, on_error: Callable[[Exception], None]):
+        self.inner = backend
+        self._on_error = on_error
+        if hasattr(backend, "answer_logprobs"):
+            self.answer_logprobs = self._observed(backend.answer_logprobs)
+
+    def _observed(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        def observed(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return call(*args, **kwargs)
+            except Exception as error:
+                self._on_error(error)
+                raise
+
+        return observed
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        return self._observed(self.inner.generate)(requests)
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        self._observed(self.inner.load_adapter)(name, path)
+
+    def unload_adapter(self, name: str) -> None:
+        self._observed(self.inner.unload_adapter)(name)
+
+    def adapters(self) -> list[str]:
+        return self._observed(self.inner.adapters)()
+
+    def health(self) -> bool:
+        return self.inner.health()  # False is an answer, not an error
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def open_backend(
     cfg: ServingConfig,
     base_model: Path,

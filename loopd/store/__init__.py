@@ -18,6 +18,7 @@ import json
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -47,6 +48,7 @@ from loopd.types import (
 )
 
 RECENT_WINDOW = 500  # samples behind the "recent" degeneration rate
+RECENT_SCAN = 10 * RECENT_WINDOW  # newest samples searched for the rates by serving name
 INTERRUPTED_REASON = (
     "loopd stopped (a crash, a kill or a power loss) while this round ran; "
     "its pairs stay fresh and train in a later round"
@@ -130,7 +132,19 @@ class Store:
                 row = sample_row(completion, detection, now) | {"prompt_id": key}
                 row_id = self.db["samples"].insert(row).last_pk
                 samples.append(Sample(row_id, prompt, completion, detection, now))
+            self._tally(samples)
         return samples
+
+    def _tally(self, samples: Sequence[Sample]) -> None:
+        """Count stored samples by serving name and outcome, in the caller's transaction:
+        the tallies outlive retention, so the metrics' counters never go down."""
+        tally = Counter((s.completion.adapter or "", int(s.detection.degenerate)) for s in samples)
+        for (adapter, degenerate), n in tally.items():
+            self.db.execute(
+                "INSERT INTO sample_tallies (adapter, degenerate, n) VALUES (?, ?, ?)"
+                " ON CONFLICT (adapter, degenerate) DO UPDATE SET n = n + excluded.n",
+                [adapter, degenerate, n],
+            )
 
     def add_ingested(
         self, key: str | None, rows: Sequence[tuple[Prompt, Completion, Detection]]
@@ -269,6 +283,9 @@ class Store:
         return [(r["kind"], r["finished_at"]) for r in self.db.query(sql, [attempt_key, limit])]
 
     def finish_round(self, round_id: int, status: str, **fields: Any) -> None:
+        """End a round; ``train_metrics`` (TRL's last logged values) is kept as JSON."""
+        if fields.get("train_metrics") is not None:
+            fields["train_metrics"] = json.dumps(fields["train_metrics"], default=str)
         with self._transaction():
             self.db["rounds"].update(
                 round_id, {"status": status, "finished_at": self._clock(), **fields}
@@ -484,6 +501,59 @@ class Store:
     def rounds_by_status(self) -> dict[str, int]:
         sql = "SELECT status, COUNT(*) AS n FROM rounds GROUP BY status"
         return {r["status"]: r["n"] for r in self.db.query(sql)}
+
+    # -- what the metrics collector reads at scrape time --------------------------
+
+    def sample_tallies(self) -> dict[tuple[str | None, bool], int]:
+        """Samples ever stored, by ``(serving name, degenerate)`` (None: the bare base);
+        retention does not lower these."""
+        sql = "SELECT adapter, degenerate, n FROM sample_tallies"
+        return {(r["adapter"] or None, bool(r["degenerate"])): r["n"] for r in self.db.query(sql)}
+
+    def recent_loops_by_adapter(
+        self, window: int = RECENT_WINDOW, *, scan: int = RECENT_SCAN
+    ) -> dict[str | None, tuple[int, int]]:
+        """``(degenerate, samples)`` of each serving name's last ``window`` samples, for
+        the names among the newest ``scan`` samples (bounded: a scrape stays cheap)."""
+        sql = (
+            "SELECT adapter, SUM(degenerate) AS d, COUNT(*) AS n FROM (SELECT adapter,"
+            " degenerate, ROW_NUMBER() OVER (PARTITION BY adapter ORDER BY id DESC) AS k"
+            " FROM (SELECT id, adapter, degenerate FROM samples ORDER BY id DESC LIMIT ?))"
+            " WHERE k <= ? GROUP BY adapter"
+        )
+        return {r["adapter"]: (r["d"], r["n"]) for r in self.db.query(sql, [scan, window])}
+
+    def last_trained_round(self) -> dict[str, Any] | None:
+        """The newest round that finished training (whatever the gate said after):
+        ``id``, ``final_loss``, ``train_metrics`` (decoded) and ``trained_at``, the time
+        its adapter was published."""
+        sql = (
+            "SELECT r.id, r.final_loss, r.train_metrics, v.created_at AS trained_at"
+            " FROM adapter_versions v JOIN rounds r ON r.id = v.round_id"
+            " ORDER BY v.created_at DESC, v.version DESC LIMIT 1"
+        )
+        rows = list(self.db.query(sql))
+        if not rows:
+            return None
+        return {**rows[0], "train_metrics": json.loads(rows[0]["train_metrics"] or "{}")}
+
+    def decisions_by_outcome(self) -> dict[tuple[str, bool], int]:
+        """Decisions ever recorded, by ``(source, promote)``."""
+        sql = "SELECT source, promote, COUNT(*) AS n FROM decisions GROUP BY 1, 2"
+        return {(r["source"], bool(r["promote"])): r["n"] for r in self.db.query(sql)}
+
+    def deployments_by_source(self) -> dict[str, int]:
+        """Deployments ever recorded, by who made them (``gate``: automatic; ``operator``)."""
+        sql = (
+            "SELECT COALESCE(json_extract(payload, '$.source'), 'unknown') AS source,"
+            " COUNT(*) AS n FROM events WHERE kind = 'deployed' GROUP BY 1"
+        )
+        return {r["source"]: r["n"] for r in self.db.query(sql)}
+
+    def last_event_at(self, kind: str) -> float | None:
+        """When the newest event of ``kind`` was recorded, or None."""
+        row = next(self.db.query("SELECT MAX(at) AS at FROM events WHERE kind = ?", [kind]))
+        return row["at"]
 
     def delete_old_samples(self, older_than: float) -> int:
         """Retention: drop samples older than the cutoff that no pair refers to."""

@@ -142,3 +142,21 @@ def m007_ingest_keys(db: sqlite_utils.Database) -> None:
     """Idempotency keys of ingested batches: a batch posted again (a client's retry after
     a lost answer) returns what the first post stored instead of storing it twice."""
     db["ingest_keys"].create({"key": str, "sample_ids": str, "created_at": float}, pk="key")
+
+
+@migrations()
+def m008_metric_tallies(db: sqlite_utils.Database) -> None:
+    """What Prometheus counts must never lose: samples per serving name and outcome
+    (retention deletes samples, and a counter that went down would read as a restart),
+    and each round's last logged TRL metrics (DPO loss, reward margin and accuracy).
+
+    ``adapter`` is '' for the bare base model (a NULL cannot be part of the key).
+    """
+    db["sample_tallies"].create(
+        {"adapter": str, "degenerate": int, "n": int}, pk=("adapter", "degenerate")
+    )
+    db.execute(
+        "INSERT INTO sample_tallies (adapter, degenerate, n)"
+        " SELECT COALESCE(adapter, ''), degenerate, COUNT(*) FROM samples GROUP BY 1, 2"
+    )
+    db["rounds"].add_column("train_metrics", str)
