@@ -104,7 +104,7 @@ class SoakReport:
 def _roll_back_to_base(state: Path) -> int:
     """Roll the live adapter back until the base model serves; how many steps it took."""
     address = json.loads((state / "daemon.json").read_text())
-    url = f"http://{address['host']}:{address['port']}/adapters/rollback"
+    url = f"http://{address['host']}:{address['port']}/admin/adapters/rollback"
     headers = {"Authorization": f"Bearer {TOKEN}"}
     steps = 0
     while httpx.post(url, headers=headers, timeout=300).status_code == 200:

@@ -192,8 +192,8 @@ def test_the_adapters_verbs_go_through_a_running_daemon(
         assert status["pinned_version"] == 2 and status["live_version"] == 2
         admin = admin_headers
         url = f"http://127.0.0.1:{daemon.port}"
-        assert httpx.post(f"{url}/adapters/7/promote", headers=admin).status_code == 404
-        assert httpx.post(f"{url}/adapters/oops", headers=admin).status_code == 404
+        assert httpx.post(f"{url}/admin/adapters/7/promote", headers=admin).status_code == 404
+        assert httpx.post(f"{url}/admin/adapters/oops", headers=admin).status_code == 404
 
         assert cli(config_file, "unpin").returncode == 0
         rolled = cli(config_file, "rollback")

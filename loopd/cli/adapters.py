@@ -95,8 +95,8 @@ def _route(verb: str, version: int | None) -> tuple[str, str]:
     if verb == "show":
         return "GET", f"/adapters/{version}"
     if verb in control.ACTIONS:
-        return "POST", f"/adapters/{version}/{verb}"
-    return "POST", f"/adapters/{verb}"
+        return "POST", f"/admin/adapters/{version}/{verb}"
+    return "POST", f"/admin/adapters/{verb}"
 
 
 def _on_database(cfg: LoopdConfig, verb: str, version: int | None) -> Any:

@@ -42,12 +42,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         close()
     store = Store(cfg.db_path)
-    metrics = Metrics(store)
+    metrics = Metrics(store, adapter_prefix=cfg.deploy.adapter_prefix)
     backend = open_backend(
         cfg.serving,
         inputs.base_model,
         on_event=lambda kind, payload: store.record_event(kind, **payload),
         registry=metrics.registry,
     )
-    Daemon(Loop(cfg, inputs, backend=backend, store=store), metrics=metrics).run_forever()
+    loop = Loop(cfg, inputs, backend=backend, store=store, metrics=metrics)
+    Daemon(loop, metrics=metrics, config_path=args.config).run_forever()
     return 0

@@ -348,7 +348,9 @@ ADMIN_TOKEN_ENV = "LOOPD_ADMIN_TOKEN"
 
 class DaemonConfig(Section):
     host: str = Field("127.0.0.1", description="Address of the HTTP endpoints.")
-    port: int = Field(9464, ge=0, le=65535, description="Port of /metrics and /healthz (0 = any).")
+    port: int = Field(
+        9464, ge=0, le=65535, description="Port of /metrics, /status and /admin (0 = any)."
+    )
     retention_days: float = Field(
         30.0, gt=0, description="Samples older than this that no pair uses are deleted."
     )
@@ -366,8 +368,13 @@ class DaemonConfig(Section):
     admin_token: SecretStr | None = Field(
         default_factory=lambda: os.environ.get(ADMIN_TOKEN_ENV) or None,
         min_length=16,
-        description="Bearer token the admin endpoints (POST: promote, rollback, pin, unpin) "
-        f"require; default ${ADMIN_TOKEN_ENV}. Unset: they are disabled.",
+        description="Bearer token the /admin endpoints (reload, pause, resume, rounds, the "
+        f"adapter verbs) require; default ${ADMIN_TOKEN_ENV}. Unset: they are disabled.",
+    )
+    watch_config: bool = Field(
+        True,
+        description="Reload the config when its file changes (as on SIGHUP and POST "
+        "/admin/reload); a file that does not validate leaves the running config in force.",
     )
     shutdown_timeout_seconds: float = Field(
         60.0,

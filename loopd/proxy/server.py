@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from loopd.backends.local import LocalBackend
 from loopd.backends.vllm import VllmBackend
+from loopd.config import LoopdConfig
 from loopd.loop import Loop
 from loopd.proxy.metrics import ProxyMetrics
 from loopd.proxy.recorder import SampleRecorder
@@ -91,6 +92,9 @@ class ProxyServer:
         self._server = uvicorn.Server(config)
         self._backend = loop.backend
         self._serving: Future[None] | threading.Thread | None = None
+
+    def reconfigure(self, cfg: LoopdConfig) -> None:
+        self.service.reconfigure(cfg.proxy, cfg.detector)
 
     def start(self, timeout_s: float = 60.0) -> None:
         if self.recorder is not None:

@@ -61,6 +61,11 @@ class ProxyService:
         self.redactor = redactor
         self._keys = [k.get_secret_value().encode() for k in cfg.api_keys]
 
+    def reconfigure(self, cfg: ProxyConfig, detector: DetectorConfig) -> None:
+        """New keys, limits and loop stopping for every later request (a config reload)."""
+        self.cfg, self.detector = cfg, detector
+        self._keys = [k.get_secret_value().encode() for k in cfg.api_keys]
+
     # -- endpoints -------------------------------------------------------------------
 
     async def models(self, request: Request) -> Response:

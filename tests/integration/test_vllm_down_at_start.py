@@ -1,6 +1,7 @@
-"""vLLM down when the daemon starts: the daemon starts anyway (``/healthz`` 503), its
-jobs fail and are counted while they retry recovery, and once vLLM is up the live
-adapter is loaded and sampling resumes. Runs last: it stops the shared server."""
+"""vLLM down when the daemon starts: the daemon starts anyway (``/healthz`` 200: the
+process lives; ``/readyz`` 503), its jobs fail and are counted while they retry
+recovery, and once vLLM is up the live adapter is loaded and sampling resumes. Runs
+last: it stops the shared server."""
 
 from __future__ import annotations
 
@@ -64,8 +65,13 @@ def test_the_daemon_starts_with_vllm_down_and_recovers_when_it_is_back(
     daemon.start()  # no traceback, no exit
     try:
         url = f"http://127.0.0.1:{daemon.port}"
-        assert httpx.get(f"{url}/healthz").status_code == 503
-        errors = {"job": "sample", "outcome": "error"}
+        assert httpx.get(f"{url}/healthz").status_code == 200  # alive: no restart wanted
+        not_ready = httpx.get(f"{url}/readyz", timeout=60)
+        assert not_ready.status_code == 503
+        checks = not_ready.json()["checks"]
+        assert checks["store"]["ok"] and not checks["serving"]["ok"]
+        assert not checks["live_adapter"]["ok"] and checks["live_adapter"]["name"] == "loopd-v0001"
+        errors = {"job_name": "sample", "outcome": "error"}
         failed = lambda: daemon.metrics.registry.get_sample_value("loopd_job_runs_total", errors)  # noqa: E731
         wait_for(lambda: (failed() or 0) >= 1)
         assert not daemon.recovered.is_set() and store.counts()["samples"] == 0
@@ -74,7 +80,14 @@ def test_the_daemon_starts_with_vllm_down_and_recovers_when_it_is_back(
         wait_for(lambda: store.counts()["samples"] > 0)
         assert daemon.recovered.is_set()
         assert "loopd-v0001" in backend.adapters()  # the live adapter was loaded first
-        assert httpx.get(f"{url}/healthz").status_code == 200
+        assert httpx.get(f"{url}/readyz", timeout=60).json() == {
+            "ready": True,
+            "checks": {
+                "store": {"ok": True},
+                "serving": {"ok": True},
+                "live_adapter": {"ok": True, "name": "loopd-v0001"},
+            },
+        }
         assert {s["adapter"] for s in store.db.query("SELECT adapter FROM samples")} == {
             "loopd-v0001"
         }

@@ -596,7 +596,10 @@ def test_any_config_text_loads_or_is_refused(tmp_path_factory, suffix: str, data
 
 # --- the daemon's HTTP endpoints --------------------------------------------------------
 
-ROUTES = ["/metrics", "/healthz", "/status", "/adapters", "/adapters/rollback", "/adapters/unpin"]
+ROUTES = [
+    "/metrics", "/healthz", "/readyz", "/status", "/adapters", "/admin/adapters/rollback",
+    "/admin/adapters/unpin", "/admin/reload", "/admin/pause", "/admin/resume", "/admin/rounds",
+]  # fmt: skip
 VERBS = ["", "/promote", "/pin", "/rollback", "/unpin", "/nope"]
 # What a client can put in a request target: visible ASCII, but no "#" (a fragment
 # stays in the client; httpx refuses it).
@@ -607,7 +610,12 @@ TARGET_CHARS = st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_cha
 VERSIONS = st.integers(min_value=0).map(str) | st.sampled_from(
     ["-1", "+1", "01", "1.5", "", str(2**63 - 1), str(2**63), "9" * 20, str(2**64), "9" * 5000]
 )
-VERSIONED = st.builds(lambda v, verb: f"/adapters/{v}{verb}", VERSIONS, st.sampled_from(VERBS))
+VERSIONED = st.builds(
+    lambda prefix, v, verb: f"{prefix}/adapters/{v}{verb}",
+    st.sampled_from(["", "/admin"]),
+    VERSIONS,
+    st.sampled_from(VERBS),
+)
 TARGETS = st.sampled_from(ROUTES) | VERSIONED
 JUNK_TARGETS = (
     st.builds(lambda r, q: f"{r}?{q}", st.sampled_from(ROUTES), st.text(TARGET_CHARS))
@@ -665,8 +673,8 @@ def test_a_version_too_long_for_an_int_is_a_404(daemon_config: LoopdConfig, daem
     with httpx.Client(base_url=daemon_url, headers=headers, timeout=60) as client:
         for method, target in [
             ("GET", f"/adapters/{'9' * 5000}"),
-            ("POST", f"/adapters/{'9' * 5000}/promote"),
-            ("POST", f"/adapters/{'9' * 5000}/pin"),
+            ("POST", f"/admin/adapters/{'9' * 5000}/promote"),
+            ("POST", f"/admin/adapters/{'9' * 5000}/pin"),
         ]:
             response = client.request(method, target)
             assert response.status_code == 404, (method, response.text)
@@ -674,18 +682,19 @@ def test_a_version_too_long_for_an_int_is_a_404(daemon_config: LoopdConfig, daem
 
 
 def test_the_daemon_answers_any_request(daemon_config: LoopdConfig, daemon_url: str) -> None:
-    """Every request gets a well-formed response: 4xx for a bad one, 502 only for serving
-    that failed, 501 only for a method the daemon has no handler for (http.server's
-    "Unsupported method"); and the daemon keeps answering /healthz after each."""
+    """Every request gets a well-formed response: 4xx for a bad one (405 for a method a
+    route does not take), 502 only for serving that failed; and the daemon keeps
+    answering /healthz after each."""
     token = daemon_config.daemon.admin_token.get_secret_value()
     admin = f"Bearer {token}"
     client = httpx.Client(timeout=60)
 
     @settings(max_examples=100, deadline=None)
     @given(http_requests(token))
-    @example(Request("POST", f"/adapters/{'9' * 20}/promote", admin, b""))
-    @example(Request("POST", f"/adapters/{'9' * 20}/pin", admin, b"{}"))
-    @example(Request("POST", f"/adapters/{2**63}/promote", admin, b""))
+    @example(Request("POST", f"/admin/adapters/{'9' * 20}/promote", admin, b""))
+    @example(Request("POST", f"/admin/adapters/{'9' * 20}/pin", admin, b"{}"))
+    @example(Request("POST", f"/admin/adapters/{2**63}/promote", admin, b""))
+    @example(Request("POST", "/admin/reload", admin, b"{" * 100_000))
     @example(Request("GET", f"/adapters/{'9' * 20}", None, b""))
     def answers(request: Request) -> None:
         auth = request.authorization
@@ -695,14 +704,15 @@ def test_the_daemon_answers_any_request(daemon_config: LoopdConfig, daemon_url: 
         status = response.status_code
         event(f"{request.method} {status}")
         assert 200 <= status < 600 and response.http_version.startswith("HTTP/1.")
-        if request.method == "GET":
-            assert status < 500, response.text
-        elif request.method == "POST":
-            assert status < 500 or status == 502, response.text
-        else:
-            assert status == 501
-        version = re.fullmatch(r"/adapters/(\d+)(/promote|/pin)?", request.target)
-        let_in = request.method == "GET" or (request.method == "POST" and auth == admin)
+        assert status < 500 or (request.method == "POST" and status == 502), response.text
+        if request.method not in ("GET", "HEAD", "POST"):
+            assert status in (404, 405), response.text
+        wrong_key = request.method == "POST" and auth != admin
+        if request.target.startswith("/admin/") and wrong_key and status != 404:
+            assert status == 401, response.text  # the token is checked before anything else
+        routes = {"GET": r"/adapters/(\d+)", "POST": r"/admin/adapters/(\d+)/(?:promote|pin)"}
+        version = re.fullmatch(routes.get(request.method, "$^"), request.target)
+        let_in = request.method == "GET" or auth == admin
         if version and (len(version[1]) > 30 or int(version[1]) >= 2**63) and let_in:
             assert status == 404, response.text  # no such version, not a 500
         assert client.get(f"{daemon_url}/healthz").status_code == 200

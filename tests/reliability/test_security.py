@@ -55,12 +55,12 @@ def test_admin_verbs_need_the_bearer_token_and_change_nothing_without_it(
 ) -> None:
     daemon, url = running
     for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": ""}):
-        response = httpx.post(f"{url}/adapters/1/promote", headers=headers)
+        response = httpx.post(f"{url}/admin/adapters/1/promote", headers=headers)
         assert response.status_code == 401, headers
         assert "bearer token" in response.json()["error"]
     assert daemon.loop.store.live_version() is None  # nothing happened
     assert daemon.loop.backend.adapters() == []
-    assert httpx.post(f"{url}/adapters/1/promote", headers=admin_headers).status_code == 200
+    assert httpx.post(f"{url}/admin/adapters/1/promote", headers=admin_headers).status_code == 200
     assert daemon.loop.store.live_version() == 1
     assert httpx.get(f"{url}/adapters").status_code == 200  # reading needs no token
 
@@ -79,7 +79,7 @@ def test_with_no_token_configured_the_admin_api_is_off(
     with caplog.at_level(logging.INFO, logger="loopd"):
         daemon.start()
     try:
-        response = httpx.post(f"http://127.0.0.1:{daemon.port}/adapters/rollback")
+        response = httpx.post(f"http://127.0.0.1:{daemon.port}/admin/adapters/rollback")
         assert response.status_code == 403 and "admin API disabled" in response.json()["error"]
         assert any("disabled" in str(getattr(r, "admin", "")) for r in caplog.records)
     finally:
@@ -90,7 +90,7 @@ def test_the_token_is_never_logged_nor_shown(running, admin_headers, caplog) -> 
     daemon, url = running
     secret = daemon.cfg.daemon.admin_token.get_secret_value()
     with caplog.at_level(logging.DEBUG):
-        httpx.post(f"{url}/adapters/1/pin", headers=admin_headers)
+        httpx.post(f"{url}/admin/adapters/1/pin", headers=admin_headers)
         status = httpx.get(f"{url}/status").text
     assert secret not in caplog.text and secret not in status
     assert secret not in repr(daemon.cfg) and secret not in daemon.cfg.model_dump_json()
@@ -99,7 +99,7 @@ def test_the_token_is_never_logged_nor_shown(running, admin_headers, caplog) -> 
 def test_it_listens_on_loopback_unless_told_otherwise(running) -> None:
     daemon, _ = running
     assert DaemonConfig().host == "127.0.0.1"
-    assert daemon.http.server_address[0] == "127.0.0.1"
+    assert daemon.http.address[0] == "127.0.0.1"
 
 
 def test_a_short_token_is_refused_with_the_field_named() -> None:
