@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rich.console import Group
+from rich.table import Table
+
 from loopd.adapters import label
 from loopd.canary import open_canary
 from loopd.store import Store
@@ -45,48 +48,75 @@ def _decoded(event: dict[str, Any]) -> dict[str, Any]:
     return {**event, "payload": json.loads(event["payload"] or "{}")}
 
 
-def render(status: dict[str, Any]) -> str:
-    """A short human summary for a terminal."""
+def render(status: dict[str, Any]) -> Group:
+    """What ``loopd status`` prints: a summary, the daemon's jobs, the last decision, rounds.
+
+    ``status`` is ``snapshot``'s document, or the daemon's ``/status`` (which adds a
+    ``daemon`` part: pause, jobs and their next runs, the config generation).
+    """
+    parts: list[Any] = [_summary(status)]
+    if status.get("daemon"):
+        parts.append(_jobs(status["daemon"]))
+    if status["last_decision"]:
+        parts.append(_decision(status["last_decision"]))
+    if status["rounds"]:
+        parts.append(_rounds(status["rounds"]))
+    return Group(*parts)
+
+
+def _summary(status: dict[str, Any]) -> Table:
     counts = status["counts"]
-    live = status["live_version"]
-    lines = [
-        f"live adapter      {label(live)}",
-        f"samples           {counts['samples']} ({counts['degenerate_samples']} degenerate)",
-        f"recent loop rate  {status['degeneration_rate_recent']:.1%}",
-        f"pairs             {counts['pairs']} ({counts['fresh_pairs']} not yet trained)",
-        f"training rounds   {counts['rounds']}",
-    ]
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("live adapter", label(status["live_version"]))
     if status["pinned_version"] is not None:
-        pinned = label(status["pinned_version"])
-        lines.insert(1, f"pinned            {pinned} (deployments frozen)")
+        table.add_row("pinned", f"{label(status['pinned_version'])} (deployments frozen)")
     candidate = status["candidate"]
     if candidate:
         what = label(candidate["version"]) if candidate["version"] else "a new adapter"
-        lines.append(f"candidate         {what}, round {candidate['round']} ({candidate['stage']})")
+        table.add_row("candidate", f"{what}, round {candidate['round']} ({candidate['stage']})")
+    table.add_row("samples", f"{counts['samples']} ({counts['degenerate_samples']} degenerate)")
+    table.add_row("recent loop rate", f"{status['degeneration_rate_recent']:.1%}")
     kinds = status["rates_by_kind"]
     if kinds:
-        lines.append("loop rate by kind " + ", ".join(
+        table.add_row("loop rate by kind", ", ".join(
             f"{kind} {row['rate']:.1%} ({row['samples']})" for kind, row in kinds.items()
         ))  # fmt: skip
-    lines.extend(_decision_lines(status["last_decision"]))
-    for r in status["rounds"][:5]:
-        lines.append(
-            f"  round {r['id']:>3}  {r['status']:<13} candidate={r['candidate_version']}"
-            f"  pairs={r['fresh_pairs']}+{r['replay_pairs']}  {r['decision'] or r['error'] or ''}"[
-                :160
-            ]
-        )
-    return "\n".join(lines)
+    table.add_row("pairs", f"{counts['pairs']} ({counts['fresh_pairs']} not yet trained)")
+    table.add_row("training rounds", str(counts["rounds"]))
+    return table
 
 
-def _decision_lines(decision: dict[str, Any] | None) -> list[str]:
-    if decision is None:
-        return []
-    version = decision["candidate_version"]
+def _jobs(daemon: dict[str, Any]) -> Table:
+    state = "[bold red]paused[/] (POST /admin/resume)" if daemon["paused"] else "running"
+    title = f"jobs: {state}; config generation {daemon['config_generation']}"
+    table = Table("job", "next run", "schedule", title=title, title_justify="left")
+    for job in daemon["jobs"]:
+        next_run = job["next_run_time"] or ("paused" if daemon["paused"] else "-")
+        table.add_row(job["id"], str(next_run)[:19], job["trigger"])
+    return table
+
+
+def _decision(decision: dict[str, Any]) -> Table:
     verdict = "promote" if decision["promote"] else "keep live"
-    lines = [f"last decision     {decision['source']} on {label(version)}: {verdict}"]
+    title = (
+        f"last decision: {decision['source']} on {label(decision['candidate_version'])}: {verdict}"
+    )
+    table = Table("", "check", "detail", title=title, title_justify="left")
     for check in decision["checks"] or []:
-        lines.append(
-            f"  {'ok  ' if check['passed'] else 'FAIL'} {check['name']:<16} {check['detail']}"[:200]
+        mark = "[green]ok[/]" if check["passed"] else "[bold red]FAIL[/]"
+        table.add_row(mark, check["name"], check["detail"])
+    return table
+
+
+def _rounds(rounds: list[dict[str, Any]]) -> Table:
+    table = Table("round", "status", "candidate", "pairs", "decision or error", title="rounds",
+                  title_justify="left")  # fmt: skip
+    for r in rounds[:5]:
+        candidate = label(r["candidate_version"]) if r["candidate_version"] else "-"
+        pairs = f"{r['fresh_pairs'] or 0}+{r['replay_pairs'] or 0}"
+        table.add_row(
+            str(r["id"]), r["status"], candidate, pairs, r["decision"] or r["error"] or ""
         )
-    return lines
+    return table

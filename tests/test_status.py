@@ -36,10 +36,12 @@ def test_status_reports_live_adapter_counts_and_rounds(
 
     assert main(["status", "--config", str(config)]) == 0
     text = capsys.readouterr().out
-    assert "live adapter      v0001" in text and "2 (1 degenerate)" in text
-    assert "loop rate by kind copy 50.0% (2)" in text
-    assert "last decision     gate on v0001: promote" in text
-    assert "ok   degeneration     fixed 9 loops, caused 0" in text
+    lines = [" ".join(line.replace("│", " ").split()) for line in text.splitlines()]
+    assert "live adapter v0001" in lines and "samples 2 (1 degenerate)" in lines
+    assert "loop rate by kind copy 50.0% (2)" in lines
+    assert "last decision: gate on v0001: promote" in lines
+    assert "ok degeneration fixed 9 loops, caused 0" in lines
+    assert "1 promoted v0001 1+0" in lines
     assert main(["status", "--config", str(config), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["live_version"] == 1 and status["degeneration_rate_recent"] == 0.5
