@@ -27,10 +27,13 @@ smollm2: install
 vllm:
 	.ci/install-vllm.sh
 
-# Services the tests run for real: a Prometheus server scrapes the daemon's /metrics.
+# Services and tools the tests run for real: a Prometheus server scrapes the daemon's
+# /metrics (promtool checks it and deploy/'s rules); docker-compose checks deploy/'s
+# compose file (`config` needs no Docker daemon).
 services:
-	@command -v prometheus >/dev/null || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	@command -v prometheus >/dev/null && command -v docker-compose >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends prometheus docker-compose; }
 
 test: install vllm services
 	$(BIN)/python -m pytest
