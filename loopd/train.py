@@ -22,11 +22,13 @@ Python traceback, with TRL's and transformers' progress-bar noise removed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,9 +46,11 @@ from loopd.types import Pair, TrainResult
 log = logging.getLogger(__name__)
 
 ProgressHook = Callable[[int, int, float | None], None]
-TRAINER_COMMAND = (sys.executable, "-m", "loopd.backends.trl_dpo")
+TRAINER_MODULE = "loopd.backends.trl_dpo"
+TRAINER_COMMAND = (sys.executable, "-m", TRAINER_MODULE)
 POLL_SECONDS = 0.5
 PID_FILE = "trainer.pid"
+TRAINING_LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "loopd")
 PARENT_ENV = "LOOPD_PARENT_PID"  # the child exits when this process is gone (trl_dpo)
 # glibc's adaptive mmap threshold lets freed activation buffers pile up in its heap: the
 # same DPO step peaked at 14.3 GB instead of 11.2 (SmolLM2, micro-batch 4 × 591 tokens).
@@ -80,15 +85,17 @@ def run_round(
     cfg: TrainingConfig,
     on_progress: ProgressHook | None = None,
     cancel: threading.Event | None = None,
-    trainer: Sequence[str] = TRAINER_COMMAND,
+    trainer: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train ``pairs`` into ``out_dir`` in a child process bounded by ``cfg.timeout_seconds``.
 
     Setting ``cancel`` (the daemon does on SIGTERM) kills the child within a second, so a
     shutdown never waits out a long round. Out of memory, the round is retried with half
     the micro-batch until one pair per micro-batch; the timeout covers all attempts.
-    ``trainer`` is the child's command line, to which the job file's path is added.
+    ``trainer`` is the child's command line, to which the job file's path is added
+    (default: ``trainer_command(cfg)``).
     """
+    trainer = trainer or trainer_command(cfg)
     deadline = time.monotonic() + cfg.timeout_seconds
     cap: int | None = None
     while True:
@@ -104,6 +111,60 @@ def run_round(
                 "training ran out of memory; retrying with a smaller micro-batch",
                 extra={"micro_batch": micro, "retry_micro_batch": cap, "error": str(error)},
             )
+
+
+def trainer_command(cfg: TrainingConfig) -> list[str]:
+    """The child's command line: the trainer module, alone or under ``accelerate launch``.
+
+    Without an accelerate config, several ranks are launched as accelerate's multi-GPU
+    (torchrun) launcher; on a machine with no GPU, TRL's ``use_cpu`` makes every rank
+    join over gloo, so the same command runs data parallel on CPUs (what CI tests).
+    """
+    if cfg.launcher == "process":
+        return list(TRAINER_COMMAND)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--quiet"]
+    if cfg.accelerate_config is not None:
+        launch += ["--config_file", str(cfg.accelerate_config)]
+    elif cfg.num_processes > 1:
+        launch += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no"]
+        launch += ["--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    else:
+        launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [*launch, "--num_processes", str(cfg.num_processes), "--module", TRAINER_MODULE]
+
+
+def lineage(fresh: Sequence[Pair], replay: Sequence[Pair]) -> dict[str, Any]:
+    """What a round trained on, for its manifest: pair ids and one hash over them."""
+    ids = sorted(p.id for p in [*fresh, *replay])
+    digest = hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()
+    return {"fresh": [p.id for p in fresh], "replay": [p.id for p in replay], "sha256": digest}
+
+
+def chosen_logps_fell(previous: dict[str, Any] | None, current: dict[str, Any]) -> str | None:
+    """A line saying so when this round ended with lower chosen log-probs than the last.
+
+    Both rounds' values are TRL's ``logps/chosen`` at their last logging step: the mean
+    log-likelihood of the chosen answers under the policy. When it falls round after
+    round, DPO is widening the margin by pushing *both* answers down — the model grows
+    less likely to say anything it was taught, a known DPO failure.
+    """
+    before = (previous or {}).get("logps_chosen")
+    after = current.get("logps_chosen")
+    if before is None or after is None or after >= before:
+        return None
+    return f"chosen log-probs fell from {before:.3f} to {after:.3f} since the last round"
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of what trains, for the manifest (the child runs in this environment)."""
+    return {name: metadata.version(name) for name in TRAINING_LIBRARIES}
+
+
+def _free_port() -> int:
+    """A port for the ranks' rendezvous, so two rounds (or test runs) never collide."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _job(
@@ -206,7 +267,7 @@ def _is_trainer(pid: int) -> bool:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return TRAINER_COMMAND[-1].encode() in command
+    return TRAINER_MODULE.encode() in command
 
 
 def _failure(code: int, report: _ChildReport, stderr_tail: str) -> TrainingFailed:

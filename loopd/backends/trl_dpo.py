@@ -4,7 +4,9 @@ Runs as a child process (``python -m loopd.backends.trl_dpo JOB.json``) so that 
 an OOM kill or a hang can never take the daemon down. It talks to the parent in JSON
 lines on stdout: ``plan`` (the micro-batching chosen for the memory budget), ``progress``
 per logging step, then ``done`` or ``failed`` with a ``kind``; the result itself goes to
-``result.json``. For large models the same entry point runs under ``accelerate launch``.
+``result.json``. For large models the same entry point runs under ``accelerate launch``
+(``training.launcher``): every rank trains, only rank 0 reports, saves and writes the
+result.
 
 The child dies with its parent: a watchdog thread exits it within a second of the
 daemon's death (``kill -9`` included), so a restarted daemon never finds a stale round
@@ -49,7 +51,16 @@ from loopd.memory import GIB, BatchPlan, ModelShape, available_bytes, budget_byt
 from loopd.prompts import end_token_ids
 
 ENFORCEMENT_SLACK = GIB  # address space reserved but never touched (thread stacks, arenas)
-REPORTED_METRICS = ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen")
+REPORTED_METRICS = (
+    "loss",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
+RANK = int(os.environ.get("RANK", "0"))  # set by accelerate launch (torchrun); 0 alone
+WORLD_SIZE = int(os.environ.get("WORLD_SIZE", "1"))
+LOCAL_WORLD_SIZE = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
 class RoundFailed(Exception):
@@ -60,23 +71,36 @@ class RoundFailed(Exception):
         self.kind = kind
 
 
-def emit(event: str, **fields: Any) -> None:
-    """One JSON line to the parent; the daemon logs it and the CLI draws a bar."""
-    print(json.dumps({"event": event, **fields}), flush=True)
+def emit(event: str, *, every_rank: bool = False, **fields: Any) -> None:
+    """One JSON line to the parent; the daemon logs it and the CLI draws a bar.
+
+    Under ``accelerate launch`` only rank 0 speaks (the ranks share one stdout), except
+    for failures, which any rank may be the one to see.
+    """
+    if RANK == 0 or every_rank:
+        print(json.dumps({"event": event, **fields}), flush=True)
 
 
 class ProgressCallback(TrainerCallback):
+    """Streams TRL's metrics to the parent at every logging step, with steps per second."""
+
     def __init__(self) -> None:
         self.last: dict[str, float] = {}
+        self._started = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         self.last |= {k: float(v) for k, v in logs.items() if k in REPORTED_METRICS}
+        elapsed = time.perf_counter() - self._started
         emit(
             "progress",
             step=state.global_step,
             total=state.max_steps,
             loss=logs.get("loss"),
+            steps_per_second=round(state.global_step / elapsed, 4) if elapsed > 0 else None,
             **{k.replace("/", "_"): v for k, v in logs.items() if k in REPORTED_METRICS[1:]},
         )
 
@@ -98,10 +122,11 @@ def _on_gpu() -> bool:
 
 
 def _budget(cfg: dict[str, Any]) -> int:
+    """This rank's share: a GPU rank has its device; CPU ranks share the host's memory."""
     if _on_gpu():
         free = torch.cuda.mem_get_info()[0]
         return budget_bytes(cfg["memory_budget_gb"], free)
-    return budget_bytes(cfg["memory_budget_gb"], available_bytes())
+    return budget_bytes(cfg["memory_budget_gb"], available_bytes()) // LOCAL_WORLD_SIZE
 
 
 def enforce_budget(limit: int) -> None:
@@ -120,7 +145,7 @@ def plan_round(job: dict[str, Any], seq_len: int) -> BatchPlan:
     explicit_ref = job["init_adapter"] is not None and cfg["reference_policy"] == "base"
     return plan_batches(
         ModelShape.from_folder(Path(job["base_model"])),
-        batch_size=cfg["batch_size"],
+        batch_size=max(1, cfg["batch_size"] // WORLD_SIZE),  # each rank's share of a step
         seq_len=seq_len,
         budget_bytes=_budget(cfg),
         fixed_micro_batch=cfg["micro_batch_size"],
@@ -184,7 +209,7 @@ def train(job: dict[str, Any]) -> dict[str, Any]:
             model=model,
             ref_model=reference,
             args=_dpo_args(cfg, plan, scratch),
-            train_dataset=Dataset.from_list(encoded.rows),
+            train_dataset=_dataset(encoded.rows, Path(job["result_path"]).parent),
             processing_class=tokenizer,
             peft_config=lora,
             callbacks=[progress],
@@ -192,7 +217,9 @@ def train(job: dict[str, Any]) -> dict[str, Any]:
         trainer.remove_callback(PrinterCallback)  # stdout is the JSON channel to the parent
         output = trainer.train()
     seconds = time.perf_counter() - started
-    trainer.model.save_pretrained(job["out_dir"], selected_adapters=["default"])
+    if trainer.accelerator.is_main_process:  # one writer: the ranks hold the same weights
+        trainer.model.save_pretrained(job["out_dir"], selected_adapters=["default"])
+    trainer.accelerator.wait_for_everyone()
     return {
         "pairs_used": len(encoded.rows),
         "dropped_overlong": encoded.dropped_overlong,
@@ -206,6 +233,8 @@ def train(job: dict[str, Any]) -> dict[str, Any]:
             "accumulation": plan.accumulation,
             "seq_len": plan.seq_len,
             "peak_memory_gb": round(_peak_bytes() / GIB, 3),
+            "ranks": WORLD_SIZE,
+            "precision": _precision(cfg),
             **{k.replace("/", "_"): v for k, v in progress.last.items()},
         },
     }
@@ -227,7 +256,34 @@ def _peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _dataset(rows: list[dict[str, Any]], scratch: Path) -> Dataset:
+    """The pairs as a dataset whose cache folder every rank shares.
+
+    TRL caches the precomputed reference log-probs beside the dataset's own files: rank 0
+    writes them, the others read that file. An in-memory dataset's files live in a
+    temporary folder of each process's own, where the other ranks never find them.
+    """
+    dataset = Dataset.from_list(rows)
+    if WORLD_SIZE == 1:
+        return dataset
+    return dataset.flatten_indices(cache_file_name=str(scratch / f"pairs-rank{RANK}.arrow"))
+
+
+def _precision(cfg: dict[str, Any]) -> str:
+    """``training.precision`` resolved on this device ('auto': bf16 where supported)."""
+    if cfg["precision"] != "auto":
+        return cfg["precision"]
+    return "bf16" if _on_gpu() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def _checkpointing(cfg: dict[str, Any]) -> bool:
+    if cfg["gradient_checkpointing"] == "auto":
+        return _on_gpu()
+    return cfg["gradient_checkpointing"] == "on"
+
+
 def _dpo_args(cfg: dict[str, Any], plan: BatchPlan, output_dir: str) -> DPOConfig:
+    precision = _precision(cfg)
     return DPOConfig(
         output_dir=output_dir,
         learning_rate=cfg["learning_rate"],
@@ -239,8 +295,9 @@ def _dpo_args(cfg: dict[str, Any], plan: BatchPlan, output_dir: str) -> DPOConfi
         loss_type=cfg["loss_type"],
         max_length=cfg["max_length"],
         precompute_ref_log_probs=True,
-        bf16=False,
-        gradient_checkpointing=False,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=_checkpointing(cfg),
         use_cpu=not _on_gpu(),
         seed=cfg["seed"],
         logging_steps=1,
@@ -265,14 +322,16 @@ def main(job_path: str) -> int:
     try:
         result = train(job)
     except RoundFailed as error:
-        emit("failed", kind=error.kind, message=str(error))
+        emit("failed", every_rank=True, kind=error.kind, message=str(error))
         return 1
     except Exception as error:  # report what happened; the parent decides what is next
         traceback.print_exc()
         kind = "out_of_memory" if is_out_of_memory(error) else "crashed"
-        emit("failed", kind=kind, message=f"{type(error).__name__}: {str(error)[:500]}")
+        message = f"{type(error).__name__}: {str(error)[:500]}"
+        emit("failed", every_rank=True, kind=kind, message=message)
         return 1
-    Path(job["result_path"]).write_text(json.dumps(result))
+    if RANK == 0:
+        Path(job["result_path"]).write_text(json.dumps(result))
     emit("done", **result)
     return 0
 
@@ -280,15 +339,30 @@ def main(job_path: str) -> int:
 PARENT_ENV = "LOOPD_PARENT_PID"  # set by loopd.train to its own pid
 
 
-def exit_with_parent(parent: int, poll_seconds: float = 0.5) -> None:
-    """Exit this process as soon as ``parent`` is gone (re-parented to init or a reaper)."""
+def exit_with_parent(daemon: int, poll_seconds: float = 0.5) -> None:
+    """Exit as soon as the daemon (pid ``daemon``) or this process's own parent is gone.
+
+    Alone, the parent is the daemon. Under ``accelerate launch`` each rank's parent is the
+    launcher: a rank exits when the launcher is killed (timeout, shutdown) and when the
+    daemon dies under a launcher that lives on; the launcher then ends with its ranks.
+    """
+    parent = os.getppid()
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == parent and _alive(daemon):
             time.sleep(poll_seconds)
         os._exit(3)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` runs (a killed daemon its parent has not reaped yet is a zombie: gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 if __name__ == "__main__":

@@ -209,5 +209,8 @@ def _anchor_paths(config: LoopdConfig, base: Path) -> LoopdConfig:
                 update={"prompts": [anchor(p) for p in config.sampling.prompts]}
             ),
             "gate": config.gate.model_copy(update={"heldout": anchor(config.gate.heldout)}),
+            "training": config.training.model_copy(
+                update={"accelerate_config": anchor(config.training.accelerate_config)}
+            ),
         }
     )

@@ -211,6 +211,52 @@ class TrainingConfig(Section):
     threads: int | None = Field(
         1, gt=0, description="torch threads in the trainer process; unset = torch's."
     )
+    launcher: Literal["process", "accelerate"] = Field(
+        "process",
+        description="How the trainer runs: 'process' = one child process (one device); "
+        "'accelerate' = the same entry point under `accelerate launch` with num_processes "
+        "ranks (data parallel, or DeepSpeed / FSDP through accelerate_config). Only rank 0 "
+        "saves the adapter and reports.",
+    )
+    num_processes: int = Field(
+        1, ge=1, description="Ranks under launcher='accelerate' (GPUs, or CPU processes)."
+    )
+    accelerate_config: LocalPath | None = Field(
+        None,
+        description="An `accelerate config` YAML (DeepSpeed ZeRO-2/3, FSDP: examples in "
+        "deploy/accelerate/); its num_processes is overridden by ours. Unset: plain data "
+        "parallel over num_processes ranks.",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Training precision. 'auto': bf16 on a GPU that supports it, else fp32 "
+        "(CPU training in bf16 is slow and TRL's bf16 default is wrong there).",
+    )
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Recompute activations to save memory. 'auto': on with a GPU (7B+ "
+        "models need it), off on a CPU (measured ~9x slower there, with no memory need).",
+    )
+    keep_versions: int | None = Field(
+        None,
+        ge=2,
+        description="Adapter version folders kept on disk; older ones are pruned after each "
+        "published round, never the live one, its parent, a pinned one or a candidate in "
+        "canary. Unset: keep every version.",
+    )
+
+    @model_validator(mode="after")
+    def _one_process_unless_accelerate(self) -> TrainingConfig:
+        if self.launcher == "process" and self.num_processes > 1:
+            raise ValueError(
+                f"training.num_processes={self.num_processes} needs "
+                'training.launcher = "accelerate" (the process launcher runs one rank)'
+            )
+        if self.launcher == "process" and self.accelerate_config is not None:
+            raise ValueError(
+                'training.accelerate_config is read only with training.launcher = "accelerate"'
+            )
+        return self
 
     @model_validator(mode="after")
     def _micro_batch_divides(self) -> TrainingConfig:
