@@ -41,6 +41,7 @@ def listing(store: Store) -> list[dict[str, Any]]:
                 ("live", version.version == live),
                 ("pinned", version.version == pinned),
                 ("rolled back", version.version in rolled_back),
+                ("pruned", not version.path.exists()),
             )
             if holds
         ]

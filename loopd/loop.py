@@ -31,9 +31,18 @@ from loopd.gate import gate
 from loopd.inputs import Inputs
 from loopd.metrics import Metrics
 from loopd.pair import make_pair, wants_resample
+from loopd.prune import prune_versions
 from loopd.sample import draw, sample
 from loopd.store import Store
-from loopd.train import ProgressHook, TrainingFailed, kill_orphan_trainers, run_round
+from loopd.train import (
+    ProgressHook,
+    TrainingFailed,
+    chosen_logps_fell,
+    kill_orphan_trainers,
+    library_versions,
+    lineage,
+    run_round,
+)
 from loopd.types import (
     AdapterVersion,
     Completion,
@@ -329,10 +338,13 @@ class Loop:
             parent_version=_version_of(live), attempt_key=self._attempt_key()
         )
         try:
-            return self._train_gate_deploy(round_id, fresh, replay, live, on_progress)
+            report = self._train_gate_deploy(round_id, fresh, replay, live, on_progress)
         except Exception as error:
             log.exception("training round broke", extra={"round": round_id})
             return self._failed(round_id, "failed", error, len(fresh), len(replay))
+        if self.cfg.training.keep_versions is not None:
+            prune_versions(self.registry, self.store, keep=self.cfg.training.keep_versions)
+        return report
 
     def _train_gate_deploy(
         self,
@@ -362,7 +374,7 @@ class Loop:
                 self.metrics.training_seconds.observe(time.perf_counter() - started)
             if result.metrics.get("misaligned_pairs"):
                 log.warning("pairs misaligned with their prompt", extra=result.metrics)
-            candidate = self._publish(staging, version, live, round_id, result, fresh)
+            candidate = self._publish(staging, version, live, round_id, result, fresh, replay)
         except TrainingFailed as error:
             return self._failed(round_id, "failed", error, len(fresh), len(replay))
         finally:
@@ -381,9 +393,17 @@ class Loop:
         round_id: int,
         result: TrainResult,
         fresh: Sequence[Pair],
+        replay: Sequence[Pair],
     ) -> AdapterVersion:
-        """Seal the adapter, then record it and mark its pairs trained together."""
+        """Seal the adapter, then record it and mark its pairs trained together.
+
+        The manifest carries the version's lineage: its parent and round, the ids of the
+        pairs it was trained on (and their hash, to compare rounds at a glance), what
+        training reported, and the library versions that trained it.
+        """
         details = {k: v for k, v in asdict(result).items() if k != "adapter_dir"}
+        details |= {"pairs": lineage(fresh, replay), "libraries": library_versions()}
+        self._warn_if_chosen_falls(result, round_id)
         candidate = self.registry.publish(
             staging,
             version=version,
@@ -395,6 +415,15 @@ class Loop:
         self.store.add_trained_version(candidate, pair_ids=[p.id for p in fresh], round_id=round_id)
         failpoints.reach("train.recorded")
         return candidate
+
+    def _warn_if_chosen_falls(self, result: TrainResult, round_id: int) -> None:
+        """DPO can lower the chosen answers' likelihood along with the rejected ones';
+        round over round that drift is the known failure, so it is said aloud."""
+        previous = self.store.last_trained_round()
+        warning = chosen_logps_fell(previous and previous["train_metrics"], result.metrics)
+        if warning is not None:
+            log.warning("chosen answers' log-probs fell", extra={"round": round_id})
+            self.store.record_event("chosen_logps_fell", round_id=round_id, detail=warning)
 
     def _gate_and_deploy(
         self,

@@ -25,6 +25,7 @@ def snapshot(store: Store, *, rounds: int = 10, events: int = 20) -> dict[str, A
         "pinned_version": store.pinned_version(),
         "candidate": _candidate(store, recent),
         "last_decision": decisions[0] if decisions else None,
+        "last_training": store.last_trained_round(),
         "counts": store.counts(),
         "degeneration_rate_recent": store.recent_degeneration_rate(),
         "rates_by_kind": store.rates_by_kind(),
@@ -85,7 +86,17 @@ def _summary(status: dict[str, Any]) -> Table:
         ))  # fmt: skip
     table.add_row("pairs", f"{counts['pairs']} ({counts['fresh_pairs']} not yet trained)")
     table.add_row("training rounds", str(counts["rounds"]))
+    trained = status.get("last_training")
+    if trained:
+        table.add_row(f"round {trained['id']} (TRL)", _trl_line(trained["train_metrics"]))
     return table
+
+
+def _trl_line(metrics: dict[str, Any]) -> str:
+    """The last logged DPO metrics of a round, as an operator reads them."""
+    shown = (("loss", "loss"), ("rewards_margins", "margin"), ("rewards_accuracies", "accuracy"),
+             ("logps_chosen", "logp chosen"), ("logps_rejected", "logp rejected"))  # fmt: skip
+    return ", ".join(f"{name} {metrics[key]:.3f}" for key, name in shown if key in metrics)
 
 
 def _jobs(daemon: dict[str, Any]) -> Table:
