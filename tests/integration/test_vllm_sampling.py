@@ -31,12 +31,14 @@ def test_greedy_completion_is_deterministic_and_carries_token_ids(backend: VllmB
 
 
 def test_n_samples_with_a_seed_are_reproducible(backend: VllmBackend):
-    request = GenerationRequest(DOC, max_tokens=10, n=3, temperature=1.0, top_p=0.9, seed=7)
+    # The embedded model copies its document almost surely; at temperature 2 its draws
+    # part ways within a few tokens (at 1.0, on some machines' builds, they never did).
+    request = GenerationRequest(DOC, max_tokens=16, n=4, temperature=2.0, top_p=1.0, seed=7)
     [first], [second] = backend.generate([request]), backend.generate([request])
-    assert len(first) == 3
+    assert len(first) == 4
     assert [c.text for c in first] == [c.text for c in second]
     assert len({c.text for c in first}) > 1  # n draws, not one draw repeated
-    assert all(c.seed == 7 and c.temperature == 1.0 for c in first)
+    assert all(c.seed == 7 and c.temperature == 2.0 for c in first)
 
 
 def test_batch_keeps_request_order(backend: VllmBackend):
@@ -51,8 +53,11 @@ def test_batch_keeps_request_order(backend: VllmBackend):
 def test_chat_prompt_goes_through_the_chat_endpoint(backend: VllmBackend):
     [[completion]] = backend.generate([GenerationRequest(CHAT, max_tokens=5)])
     assert completion.prompt_id == "chat-1"
-    assert completion.token_ids is not None and len(completion.token_ids) == 5
-    assert completion.finish_reason == "length"
+    # how far the tiny model gets in a chat turn depends on its (machine-seeded) build:
+    # either it ran to the limit, or it ended with its end token
+    tokens = completion.token_ids
+    assert tokens is not None and 1 <= len(tokens) <= 5
+    assert completion.finish_reason == ("length" if len(tokens) == 5 else "stop"), completion
 
 
 def test_vllm_repetition_stop_is_reported(vllm_config: VllmConfig):
