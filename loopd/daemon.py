@@ -309,6 +309,7 @@ class Daemon:
         """Reload whenever the file changes (editors that write a new file and rename it too)."""
         changes = watchfiles.watch(
             path.parent,
+            recursive=False,  # the state folder may sit below it: its writes are not ours
             watch_filter=lambda _, changed: Path(changed) == path,
             stop_event=self.stopped,
             raise_interrupt=False,
