@@ -10,12 +10,35 @@ length, lone surrogates, counters next to each other.
 from __future__ import annotations
 
 import re
+import string
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loopd import detect as d
+from loopd.detect import DEFAULT_CONFIG
+from loopd.detect.counters import (
+    END_COUNTER,
+    INLINE_COUNTER,
+    LINE_COUNTER,
+    may_have_end_counter,
+    may_have_inline_counter,
+    undo_line_counters,
+    unsub,
+)
+from loopd.detect.plan import plan_for
+from loopd.detect.runs import PROBE, Limits, tail_run
+from loopd.detect.tokens import token_pass, token_string
+from loopd.detect.views import (
+    DROP,
+    DROPPED,
+    kept,
+    kept_offset,
+    lower_same_length,
+    near_view,
+    punctuation_count,
+    zeroed,
+)
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -50,48 +73,48 @@ def _unsub_reference(pattern: re.Pattern[str], size: int, src: str, pos: int) ->
 @SETTINGS
 @given(TEXT)
 def test_views_equal_their_str_translate_definitions(text):
-    assert d._near_view(text) == d._lower(text).translate(d._DROP)
-    assert d._kept(text) == text.translate(d._DROP)
-    assert d._zeroed(text) == text.translate(str.maketrans("123456789", "000000000"))
-    punct = str.maketrans(dict.fromkeys(d.string.punctuation + "“”‘’—–…•·«»¡¿"))
-    assert d._punctuation(text) == len(text) - len(text.translate(punct))
+    assert near_view(text) == lower_same_length(text).translate(DROP)
+    assert kept(text) == text.translate(DROP)
+    assert zeroed(text) == text.translate(str.maketrans("123456789", "000000000"))
+    punct = str.maketrans(dict.fromkeys(string.punctuation + "“”‘’—–…•·«»¡¿"))
+    assert punctuation_count(text) == len(text) - len(text.translate(punct))
 
 
 @SETTINGS
 @given(TEXT, st.data())
 def test_kept_offset_finds_the_kth_kept_character(text, data):
-    low = d._lower(text)
-    kept = [i for i, c in enumerate(low) if c not in d._DROPPED]
+    low = lower_same_length(text)
+    kept = [i for i, c in enumerate(low) if c not in DROPPED]
     k = data.draw(st.integers(0, len(kept) + 2))
-    assert d._kept_offset(low, k) == (kept[k] if k < len(kept) else len(low))
+    assert kept_offset(low, k) == (kept[k] if k < len(kept) else len(low))
 
 
 @SETTINGS
 @given(COUNTED | TEXT)
 def test_counter_hints_never_hide_a_match(text):
-    if d._INLINE_COUNTER.search(text):
-        assert d._may_have_inline_counter(text)
-    if d._END_COUNTER.search(text):
-        assert d._may_have_end_counter(text)
+    if INLINE_COUNTER.search(text):
+        assert may_have_inline_counter(text)
+    if END_COUNTER.search(text):
+        assert may_have_end_counter(text)
 
 
 @SETTINGS
 @given(COUNTED | TEXT, st.data())
 def test_counter_offsets_map_back_like_the_plain_loop(text, data):
     src = "\n" + text
-    inlined = d._LINE_COUNTER.sub("\n0", src)
+    inlined = LINE_COUNTER.sub("\n0", src)
     positions = sorted(data.draw(st.lists(st.integers(0, len(inlined) + 3), max_size=4)))
-    expected = [_unsub_reference(d._LINE_COUNTER, 2, src, p) for p in positions]
-    assert d._undo_line_counters(src, inlined, positions) == expected
-    assert d._unsub(d._LINE_COUNTER, 2, src, positions) == expected
-    subbed = d._INLINE_COUNTER.sub(" 0", inlined)
+    expected = [_unsub_reference(LINE_COUNTER, 2, src, p) for p in positions]
+    assert undo_line_counters(src, inlined, positions) == expected
+    assert unsub(LINE_COUNTER, 2, src, positions) == expected
+    subbed = INLINE_COUNTER.sub(" 0", inlined)
     positions = sorted(data.draw(st.lists(st.integers(0, len(subbed) + 3), max_size=4)))
-    expected = [_unsub_reference(d._INLINE_COUNTER, 2, inlined, p) for p in positions]
-    assert d._unsub(d._INLINE_COUNTER, 2, inlined, positions) == expected
-    ended = d._END_COUNTER.sub("-0", subbed)
+    expected = [_unsub_reference(INLINE_COUNTER, 2, inlined, p) for p in positions]
+    assert unsub(INLINE_COUNTER, 2, inlined, positions) == expected
+    ended = END_COUNTER.sub("-0", subbed)
     positions = sorted(data.draw(st.lists(st.integers(0, len(ended) + 3), max_size=4)))
-    expected = [_unsub_reference(d._END_COUNTER, 2, subbed, p) for p in positions]
-    assert d._unsub(d._END_COUNTER, 2, subbed, positions) == expected
+    expected = [_unsub_reference(END_COUNTER, 2, subbed, p) for p in positions]
+    assert unsub(END_COUNTER, 2, subbed, positions) == expected
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -103,8 +126,8 @@ def test_counter_offsets_map_back_like_the_plain_loop(text, data):
 def test_windowed_token_pass_equals_the_full_search(prefix, unit, repeats_len):
     """Loops of every period and length, ending at the end, behind any prefix."""
     ids = prefix + (unit * (repeats_len // len(unit) + 1))[:repeats_len]
-    lim = d._plan(d.DEFAULT_CONFIG).tokens
-    assert d._token_pass(ids, lim) == d._tail_run(d._token_string(ids), lim)
+    lim = plan_for(DEFAULT_CONFIG).tokens
+    assert token_pass(ids, lim) == tail_run(token_string(ids), lim)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -120,17 +143,17 @@ def test_windowed_token_pass_equals_the_full_search_for_other_limits(
     """Short periods, fractional repeats and a recovery: the window still sees every run."""
     min_repeats, min_span, max_period, max_recovery = limits
     ids = prefix + (unit * (repeats_len // len(unit) + 1))[:repeats_len]
-    lim = d._Limits(min_repeats, min_span, max_period, max_recovery, 0.5, word_aligned=False)
-    assert d._token_pass(ids, lim) == d._tail_run(d._token_string(ids), lim)
+    lim = Limits(min_repeats, min_span, max_period, max_recovery, 0.5, word_aligned=False)
+    assert token_pass(ids, lim) == tail_run(token_string(ids), lim)
 
 
 @pytest.mark.parametrize("period", [1, 7, 100, 511, 512, 513])
 @pytest.mark.parametrize("shift", [-30, -2, -1, 0, 1, 2, 30])
 def test_windowed_token_pass_at_the_window_edge(period, shift):
     """Runs that end just inside, at, or just past the converted window's start."""
-    lim = d._plan(d.DEFAULT_CONFIG).tokens
-    window = lim.max_period + lim.max_recovery + 2 * d._PROBE + 1
+    lim = plan_for(DEFAULT_CONFIG).tokens
+    window = lim.max_period + lim.max_recovery + 2 * PROBE + 1
     unit = list(range(1000, 1000 + period))
     loop = (unit * (window // period + 3))[: window + shift]
     ids = list(range(2000, 4000)) + loop
-    assert d._token_pass(ids, lim) == d._tail_run(d._token_string(ids), lim)
+    assert token_pass(ids, lim) == tail_run(token_string(ids), lim)

@@ -1,0 +1,166 @@
+"""The detector's thresholds: the daemon's ``[detector]`` section, declared once."""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from loopd.detect.runs import PROBE
+
+
+class DetectorConfig(BaseModel):
+    """Thresholds of the degeneration detector (the daemon's ``[detector]`` section).
+
+    Lengths ending in ``_chars`` count *normalized* characters -- letters and digits;
+    spacing and punctuation are not counted -- so jitter does not change them (a unit of
+    bare punctuation counts its characters, runs of spaces as one).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_repeats: float = Field(
+        3.0,
+        description="A loop must repeat its unit at least this many times back to back "
+        "(a run cut by the token limit counts its partial last unit).",
+    )
+    min_loop_chars: int = Field(
+        120,
+        description="A loop must cover at least this many normalized characters (letters "
+        "and digits), so 'very very very' or three short identical lines never fire.",
+    )
+    min_symbol_loop_chars: int = Field(
+        600,
+        description="Minimum loop length when the unit has no letters: digits ('0, 0, 0') or "
+        "punctuation spread over words or lines ('-----' lines). Higher, because separator "
+        "lines and zero-filled rows are legitimate in small amounts. One unbroken run of "
+        "punctuation ('!!!!', '12:12:12:') uses min_loop_chars.",
+    )
+    max_period_chars: int = Field(
+        2000,
+        description="Longest unit searched for, in normalized characters (~a paragraph "
+        "and a half). Longer periods cost more time per completion.",
+    )
+    max_recovery_chars: int = Field(
+        300,
+        description="A loop may stop this many normalized characters before the end (the "
+        "model escaped and wrote a short ending) and still count.",
+    )
+    max_recovery_share: float = Field(
+        0.5,
+        description="...but only if that recovery is shorter than this share of the loop "
+        "itself; a long recovery means the model really got out.",
+    )
+    near_repeats: bool = Field(
+        True,
+        description="Also catch loops whose repetitions differ only in punctuation, "
+        "casing or spacing (rule near_cycle).",
+    )
+    counters: bool = Field(
+        True,
+        description="Also catch loops whose repetitions differ only in a list counter (a "
+        "number leading a line, ' 39. ' inside one, or one closing it after '-', ':', '=' or "
+        "'#'), e.g. '39. Violin' / '40. Violin' or '7. Bluefin-27' / '8. Bluefin-28' "
+        "(rule counter_cycle; units up to 400 normalized characters).",
+    )
+    min_unit_letters: int = Field(
+        3,
+        description="A counter_cycle unit must keep at least this many letters once the "
+        "numbers are dropped, so numeric tables never count as counter loops.",
+    )
+    min_loop_tokens: int = Field(
+        48,
+        description="Token pass: an exact token cycle must cover at least this many tokens.",
+    )
+    max_period_tokens: int = Field(
+        512, description="Token pass: longest unit searched for, in tokens."
+    )
+    max_recovery_tokens: int = Field(
+        0,
+        description="Token pass: a loop may stop this many tokens before the end and "
+        "still count (same share rule as max_recovery_share). 0: the token pass (and the "
+        "streaming watcher) look at the very end only; the text rules find loops followed "
+        "by a recovery, and a stream that is looping is looping at its end.",
+    )
+    repetition_finish_reasons: tuple[str, ...] = Field(
+        ("repetition",),
+        description="Finish reasons that mean the server already stopped a loop (vLLM's "
+        "repetition detection); such outputs are degenerate by definition.",
+    )
+    watch_check_every: int = Field(
+        8,
+        description="LoopWatcher checks the tail every this many tokens (for text pieces: "
+        "exact loops every 4x this many characters, everything every 1,024); a loop is "
+        "reported at most this late.",
+    )
+    watch_window_tokens: int = Field(
+        4096,
+        description="LoopWatcher keeps this many recent tokens; must hold min_repeats "
+        "periods of max_period_tokens plus the recovery.",
+    )
+    watch_window_chars: int = Field(
+        12000,
+        description="LoopWatcher keeps this many recent characters when fed text pieces.",
+    )
+
+    @field_validator("min_repeats")
+    @classmethod
+    def _repeats_at_least_two(cls, v: float) -> float:
+        if v < 2:
+            raise ValueError(
+                f"min_repeats={v} would call any repeated phrase a loop; set 2 or more"
+            )
+        return v
+
+    @field_validator(
+        "min_loop_chars",
+        "min_symbol_loop_chars",
+        "max_period_chars",
+        "min_loop_tokens",
+        "max_period_tokens",
+        "watch_check_every",
+        "watch_window_tokens",
+        "watch_window_chars",
+    )
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"got {v}; set a positive integer")
+        return v
+
+    @field_validator("max_recovery_chars", "max_recovery_tokens", "min_unit_letters")
+    @classmethod
+    def _not_negative(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"got {v}; set 0 or more (0 disables it)")
+        return v
+
+    @field_validator("max_recovery_share")
+    @classmethod
+    def _share(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"got {v}; set a share between 0 and 1")
+        return v
+
+    @model_validator(mode="after")
+    def _window_holds_a_loop(self) -> DetectorConfig:
+        need = (
+            math.ceil(self.min_repeats * self.max_period_tokens) + self.max_recovery_tokens + PROBE
+        )
+        if self.watch_window_tokens < need:
+            raise ValueError(
+                f"watch_window_tokens={self.watch_window_tokens} cannot hold a loop of "
+                f"max_period_tokens={self.max_period_tokens}; raise it to {need} or lower "
+                "max_period_tokens"
+            )
+        need = math.ceil(self.min_repeats * self.max_period_chars) + self.max_recovery_chars + PROBE
+        if self.watch_window_chars < need:
+            raise ValueError(
+                f"watch_window_chars={self.watch_window_chars} cannot hold a loop of "
+                f"max_period_chars={self.max_period_chars}; raise it to {need} or lower "
+                "max_period_chars"
+            )
+        return self
+
+
+DEFAULT_CONFIG = DetectorConfig()

@@ -1,0 +1,121 @@
+"""``detect``: run the rules, turn the first run found into a ``Detection``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from loopd.detect.config import DEFAULT_CONFIG, DetectorConfig
+from loopd.detect.plan import Plan, plan_for, relaxed
+from loopd.detect.runs import Run, align_to_word, tail_run
+from loopd.detect.search import Found, search_text
+from loopd.detect.tokens import token_pass, token_string
+from loopd.detect.views import to_original
+from loopd.types import CLEAN, Detection
+
+
+def from_text_run(
+    text: str, found: Found, token_ids: Sequence[int] | None, tok: Run | None
+) -> Detection:
+    """Build the Detection for a text-rule run, mapping offsets back to ``text``."""
+    rule, run, base = found.rule, found.run, found.base
+    if found.view is None:
+        start, end = run.start, run.end
+    else:
+        src = text.rstrip()[base:]
+        start, end = (base + k for k in to_original(src, rule, found.view, (run.start, run.end)))
+        per = max(1, round((end - start) / run.repeats))
+        start = align_to_word(text, Run(start, end, per), True).start
+    start = _line_start(text, start, max(1, round((end - start) / run.repeats)))
+    total = max(len(text.rstrip()), 1)
+    fraction = min(1.0, max(end - start, 0) / total)
+    start_token = None
+    if token_ids:
+        start_token = min(len(token_ids), round(start / total * len(token_ids)))
+        # An exact token cycle where the text loop is (not some shorter cycle at the end)
+        # gives the exact token offset; otherwise keep the proportional estimate.
+        if tok is not None and abs(tok.start - start_token) <= 0.1 * len(token_ids):
+            start_token = tok.start
+    return Detection(
+        degenerate=True,
+        rule=rule,
+        score=round(fraction * (1 - 1 / run.repeats), 4),
+        loop_start=start,
+        loop_start_token=start_token,
+        period=max(1, round((end - start) / run.repeats)),
+        repeats=round(run.repeats, 2),
+        loop_fraction=round(fraction, 4),
+    )
+
+
+def _line_start(text: str, start: int, period: int) -> int:
+    """For a loop of whole lines (its unit holds a newline), start at a line's beginning.
+
+    The run may begin inside the line before the loop, where that line ends like the
+    unit does ("2. Labrador Retriever" before "3. Golden Retriever", ...): starting at the
+    next line keeps the cut clean and stays within one period of the run's start.
+    """
+    if start == 0 or text[start - 1] == "\n" or text[start + period - 1 : start + period] == "\n":
+        return start  # at a line start already, or the unit itself starts here ("Intro. A\n")
+    newline = text.find("\n", start, start + period)
+    return start if newline < 0 else newline + 1
+
+
+def from_token_run(text: str, token_ids: Sequence[int], run: Run) -> Detection:
+    """Build the Detection for a token-rule run; the character start is estimated."""
+    n = max(len(token_ids), 1)
+    fraction = min(1.0, run.span / n)
+    total = len(text.rstrip())
+    return Detection(
+        degenerate=True,
+        rule="token_cycle",
+        score=round(fraction * (1 - 1 / run.repeats), 4),
+        loop_start=min(total, round(run.start / n * len(text))),
+        loop_start_token=run.start,
+        period=run.period,
+        repeats=round(run.repeats, 2),
+        loop_fraction=round(fraction, 4),
+    )
+
+
+def detect(
+    text: str,
+    *,
+    token_ids: Sequence[int] | None = None,
+    finish_reason: str | None = None,
+    config: DetectorConfig = DEFAULT_CONFIG,
+) -> Detection:
+    """Say whether ``text`` ends in a repetition loop and where; see the module docstring.
+
+    Pure and deterministic. ``token_ids`` (the completion's ids) enable the token pass and
+    token offsets; ``finish_reason`` in ``config.repetition_finish_reasons`` makes the
+    verdict degenerate whatever the text shows.
+    """
+    plan = plan_for(config)
+    found = search_text(text, plan, plan.chars)
+    if found is not None:
+        tokens = token_string(token_ids) if token_ids else ""
+        tok = tail_run(tokens, plan.relaxed_tokens) if tokens else None
+        return from_text_run(text, found, token_ids, tok)
+    if token_ids:  # only now: a loop the text rules found needs no token pass of its own
+        run = token_pass(token_ids, plan.tokens)
+        if run is not None:
+            return from_token_run(text, token_ids, run)
+    if finish_reason in config.repetition_finish_reasons:
+        tokens = token_string(token_ids) if token_ids else ""
+        return _locate_reported_loop(text, token_ids, tokens, plan)
+    return CLEAN
+
+
+def _locate_reported_loop(
+    text: str, token_ids: Sequence[int] | None, tokens: str, plan: Plan
+) -> Detection:
+    """The server said it stopped a loop; find it with relaxed limits, or say we could not."""
+    found = search_text(text, plan, relaxed(plan.chars))
+    if found is not None:
+        tok = tail_run(tokens, plan.relaxed_tokens) if tokens else None
+        det = from_text_run(text, found, token_ids, tok)
+    elif tokens and (run := tail_run(tokens, plan.relaxed_tokens)) is not None:
+        det = from_token_run(text, token_ids, run)
+    else:
+        return Detection(degenerate=True, rule="finish_repetition", score=1.0)
+    return Detection(**{**det.__dict__, "rule": "finish_repetition"})
