@@ -7,6 +7,7 @@ seen in real SmolLM2 output and the legitimately repetitive text from the issue.
 from __future__ import annotations
 
 import math
+import random
 import string
 
 import pytest
@@ -258,5 +259,104 @@ def test_config_is_frozen_and_thresholds_matter():
     strict = DetectorConfig(min_repeats=7, watch_window_chars=20_000)
     assert not detect(text, config=strict).degenerate
     counted = "".join(f"{i}. Violin\n" for i in range(1, 40))
-    assert detect(counted).degenerate
-    assert not detect(counted, config=DetectorConfig(counters=False)).degenerate
+    assert detect(counted).rule == "counter_cycle"
+    # Without counters the item-set rule still sees one item drawn 39 times...
+    assert detect(counted, config=DetectorConfig(counters=False)).rule == "item_set"
+    # ...and with neither rule nothing does.
+    no_items = DetectorConfig(counters=False, item_sets=False)
+    assert not detect(counted, config=no_items).degenerate
+
+
+# --- the shapes real SmolLM2 outputs loop in (issue 13) ------------------------------
+
+
+def SHIFTING(items: list[str], n: int) -> list[str]:
+    rng = random.Random(13)
+    return [rng.choice(items) for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # a few items in shifting order (no period: the cycle search cannot see it)
+        ", ".join(SHIFTING(["Austria", "Germany"], 20)),
+        "\n".join(SHIFTING(["Cello", "Violin", "Acoustic Guitar"], 40)),
+        "".join(
+            f"{i}. {c}\n" for i, c in enumerate(SHIFTING(["Hungary", "Croatia", "Poland"], 27), 1)
+        )
+        + "\nThese are the countries.",
+        # the same row with a number drifting in it (digit-blind items)
+        "".join(f"| Caravaggio | {1610 + i * i % 7} | Caravaggio |\n" for i in range(12)),
+        # a letter counter
+        "".join(f"{c},Electrical,1985\n" for c in "CDEFGHIJKLMNOPQRSTUVW"),
+    ],
+)
+def test_item_sets_are_loops(text):
+    """(SHIFTING draws in a seeded random order: no exact period to find.)"""
+    det = detect(text)
+    assert det.degenerate and det.rule == "item_set", det
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # a short answer that is all loop, below the absolute floors
+        "1. Blue jay 2. Blue jay 3. Blue jay 4. Blue jay",
+        "Je ne m'aime pas de résumer, " * 4,
+        # many repeats of a short unit at the end of a longer list
+        "".join(f"{i}. {w}\n" for i, w in enumerate("Oak Elm Pine Birch Maple".split(), 1))
+        + "".join(f"{i}. Ash\n" for i in range(6, 13))
+        + "".join(f"{i}. Ash\n" for i in range(6, 13)),
+        # periods of punctuation, markup or digits
+        "Here is the page:\n" + "<!--\n" * 12,
+        "The values: " + "1000000, " * 12,
+        # dotted counters
+        "\n".join(f'4.{i}. "Creative Commons" licences let you share.' for i in range(1, 9)),
+    ],
+)
+def test_short_and_symbol_loops_are_loops(text):
+    assert detect(text).degenerate
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no, no, no",
+        "It was a very very very long day.",
+        "Thank you! Thank you! Thank you!",
+        "Section one\n" + "-" * 40 + "\nSection two\n" + "=" * 60 + "\n",
+        "Intro\n" + ("-" * 40 + "\n") * 5 + "Outro",
+        "| a | b | c | d | e | f | g | h |\n|---|---|---|---|---|---|---|---|\n| 1 | 2 | 3 | 4 |",
+        # distinct entries sharing a template, short and long
+        "".join(
+            f"{i}. {w} Tree: 1000\n" for i, w in enumerate("Redwood Elm Pine Alder".split(), 1)
+        ),
+        "".join(
+            f"| {name} | {port} | tcp |\n"
+            for name, port in zip(
+                "ssh http https smtp imap pop3 ldap dns ntp snmp".split(),
+                range(20, 30),
+                strict=True,
+            )
+        ),
+        # a log whose messages recur, with timestamps
+        "\n".join(
+            f"2024-05-01 12:00:{s:02d},{s * 37 % 1000:03d} INFO [worker-{s % 4}] heartbeat ok"
+            for s in range(40)
+        ),
+        "Good morning! Good morning! Good morning!",
+    ],
+)
+def test_repetitive_but_legitimate_text_is_clean(text):
+    assert not detect(text).degenerate, detect(text)
+
+
+def test_floors_scale_with_the_output_length():
+    loop = "1. Blue jay 2. Blue jay 3. Blue jay 4. Blue jay"
+    assert detect(loop).degenerate
+    # The same four repeats after a long clean answer are under the floors of that length.
+    prose = " ".join(f"Sentence number {w} says something new." for w in "abcdefghijklmnopqrst")
+    assert not detect(prose + " " + loop.replace("1. ", "")).degenerate
+    # Turning the scaling off restores the absolute floors.
+    fixed = DetectorConfig(short_loop_share=1.0, min_short_loop_chars=120, short_loop_repeats=1000)
+    assert not detect(loop, config=fixed).degenerate

@@ -108,7 +108,13 @@ HAND_LABELS: list[tuple[str, bool | None, str]] = [
     ("Write a recipe for pancakes", T, "5-line ingredient cycle repeated"),
     ("Summarize the plot", F, "clean"),
     ("Write a JSON array", F, "template lines with varying names"),
-    ("Write a haiku", F, "short repetition (< 150 chars), stops"),
+    (
+        "Write a haiku",
+        N,
+        "ambiguous since issue 13: 4 repeats of 'a moment of light' (~56 chars) close the "
+        "poem: legitimate under this corpus's 150-char rule, a loop under the real-output "
+        "rule (>= 4 repeats over ~30 chars)",
+    ),
     ("List every prime number", F, "counting; units hold no words"),
     ("What is the capital of each country", N, "items recurring in varying order"),
     ("Write a short essay about the ocean", F, "near-repeats, < 3 times"),

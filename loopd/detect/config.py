@@ -34,7 +34,65 @@ class DetectorConfig(BaseModel):
         description="Minimum loop length when the unit has no letters: digits ('0, 0, 0') or "
         "punctuation spread over words or lines ('-----' lines). Higher, because separator "
         "lines and zero-filled rows are legitimate in small amounts. One unbroken run of "
-        "punctuation ('!!!!', '12:12:12:') uses min_loop_chars.",
+        "punctuation uses min_symbol_run_chars.",
+    )
+    min_symbol_run_chars: int = Field(
+        120,
+        description="One unbroken run of punctuation ('!!!!', '12:12:12:') must cover this "
+        "many characters; the short-loop floors never lower it (a separator line is one).",
+    )
+    min_symbol_repeats: float = Field(
+        8.0,
+        description="...or, for the same units, at least this many repeats over "
+        "min_loop_chars: '<!--' on every line, repeated code fences, '1000000, 1000000'. "
+        "Five separator lines in a row stay legitimate.",
+    )
+    short_loop_share: float = Field(
+        0.4,
+        description="Short outputs: min_loop_chars and min_loop_tokens fall to this share "
+        "of the output's own length when that is lower, so the loops of a max_tokens=48 "
+        "answer are seen. The output's length is the budget the request used: a loop cut "
+        "by max_tokens fills it.",
+    )
+    min_short_loop_chars: int = Field(
+        48, description="...but not below this many normalized characters."
+    )
+    min_short_loop_tokens: int = Field(16, description="...nor below this many tokens.")
+    short_loop_repeats: float = Field(
+        4.0,
+        description="In a short output, a loop that repeats at least this many times needs "
+        "only min_many_repeats_chars ('1. Blue jay 2. Blue jay 3. Blue jay 4. Blue jay'); "
+        "'Thank you! Thank you! Thank you!' stays legitimate.",
+    )
+    many_repeats: float = Field(
+        5.0,
+        description="At any output length, a loop that repeats at least this many times "
+        "needs only min_many_repeats_chars ('12. Ash 13. Ash 14. Ash 15. Ash 16. Ash' in a "
+        "long list).",
+    )
+    min_many_repeats_chars: int = Field(
+        20,
+        description="Normalized characters such a loop of many repeats must cover (text "
+        "rules only; token cycles that short are table separators).",
+    )
+    item_sets: bool = Field(
+        True,
+        description="Also catch tails that keep drawing from a few items in any order "
+        "('Austria, Germany, Austria, Austria, Germany, ...'; rule item_set).",
+    )
+    min_items: int = Field(8, description="item_set: at least this many items in the stretch.")
+    max_distinct_items: int = Field(
+        8, description="item_set: drawn from at most this many distinct items..."
+    )
+    max_distinct_share: float = Field(
+        0.25,
+        description="...and at most this share of the items distinct (each item seen about "
+        "four times), so tables, logs and lists of distinct entries never fire.",
+    )
+    min_item_letters: int = Field(
+        2,
+        description="item_set: an item needs this many letters; zero rows, separators and "
+        "braces are not items.",
     )
     max_period_chars: int = Field(
         2000,
@@ -103,18 +161,22 @@ class DetectorConfig(BaseModel):
         description="LoopWatcher keeps this many recent characters when fed text pieces.",
     )
 
-    @field_validator("min_repeats")
+    @field_validator("min_repeats", "short_loop_repeats", "many_repeats", "min_symbol_repeats")
     @classmethod
     def _repeats_at_least_two(cls, v: float) -> float:
         if v < 2:
-            raise ValueError(
-                f"min_repeats={v} would call any repeated phrase a loop; set 2 or more"
-            )
+            raise ValueError(f"got {v}: that would call any repeated phrase a loop; set 2 or more")
         return v
 
     @field_validator(
         "min_loop_chars",
         "min_symbol_loop_chars",
+        "min_symbol_run_chars",
+        "min_short_loop_chars",
+        "min_short_loop_tokens",
+        "min_many_repeats_chars",
+        "min_items",
+        "max_distinct_items",
         "max_period_chars",
         "min_loop_tokens",
         "max_period_tokens",
@@ -128,14 +190,19 @@ class DetectorConfig(BaseModel):
             raise ValueError(f"got {v}; set a positive integer")
         return v
 
-    @field_validator("max_recovery_chars", "max_recovery_tokens", "min_unit_letters")
+    @field_validator(
+        "max_recovery_chars",
+        "max_recovery_tokens",
+        "min_unit_letters",
+        "min_item_letters",
+    )
     @classmethod
     def _not_negative(cls, v: int) -> int:
         if v < 0:
             raise ValueError(f"got {v}; set 0 or more (0 disables it)")
         return v
 
-    @field_validator("max_recovery_share")
+    @field_validator("max_recovery_share", "short_loop_share", "max_distinct_share")
     @classmethod
     def _share(cls, v: float) -> float:
         if not 0.0 <= v <= 1.0:

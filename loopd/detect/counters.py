@@ -8,11 +8,12 @@ from functools import lru_cache
 from itertools import accumulate, islice
 
 _INLINE_HINT = bytes.maketrans(b"123456789)\t", b"000000000. ")  # see may_have_inline_counter
-# List counters: a number (<= 4 digits) leading a line, after list or table markers
-# ("39.", "| 39 |", "39,"), or a list marker inside a line (" 39. ", " 39) "). The counter
-# view replaces each by a constant ("\n0", " 0"): the markers become spaces in the view
-# anyway, and a constant replacement keeps re.sub in C (a group reference does not).
-LINE_COUNTER = re.compile(r"\n[ \t|*#>\-]*\d{1,4}(?!\d)")
+# List counters: a number (<= 4 digits, or dotted ones: "4.5.") leading a line, after list
+# or table markers ("39.", "| 39 |", "39,", "4.6."), or a list marker inside a line
+# (" 39. ", " 39) "). The counter view replaces each by a constant ("\n0", " 0"): the
+# markers become spaces in the view anyway, and a constant replacement keeps re.sub in C
+# (a group reference does not).
+LINE_COUNTER = re.compile(r"\n[ \t|*#>\-]*\d{1,4}(?:\.\d{1,4})*(?!\d)")
 INLINE_COUNTER = re.compile(r"[ \t]\d{1,4}(?=[.)][ \t])")
 # A number closing a line after "-", ":", "=" or "#" ("7. Bluefin-27", "...salt: 34"): the
 # second counter SmolLM2 keeps incrementing. Replaced by "-0", dropped like the others.

@@ -65,11 +65,11 @@ def _raw_recovery_limits(cfg: DetectorConfig) -> Limits:
 
 @per_config
 def _gate_limits(cfg: DetectorConfig) -> Limits:
-    """Limits for _counter_gate: the real ones, except 2/3 of the span (a counter that
-    changes width, 9 -> 10, breaks the zeroed run), any recovery share, and units of at
-    most _COUNTER_PERIOD characters: counted items are list lines, not paragraphs."""
+    """Limits for _counter_gate: the real ones, except 2/3 of the span and one repeat less
+    (a counter that changes width, 9 -> 10, breaks the zeroed run), any recovery share,
+    and units of at most _COUNTER_PERIOD characters: counted items are list lines."""
     return Limits(
-        int(cfg.min_repeats),
+        max(2, int(cfg.min_repeats) - 1),
         2 * cfg.min_loop_chars // 3,
         min(cfg.max_period_chars, _COUNTER_PERIOD),
         cfg.max_recovery_chars,
@@ -111,9 +111,12 @@ def _accept_unit(cfg: DetectorConfig, rule: str):
         a, b = run.start, run.start + run.period
         if rule == "counter_cycle" and not has_letters(s, a, b, cfg.min_unit_letters):
             return False
-        if LETTER.search(s, a, b) or (rule == "cycle" and " " not in s[a : b + 1]):
-            return True  # words, or one unbroken string of symbols ("!!!!")
-        return run.span >= cfg.min_symbol_loop_chars
+        if LETTER.search(s, a, b):
+            return True
+        if rule == "cycle" and " " not in s[a : b + 1]:  # one unbroken string ("!!!!")
+            return run.span >= cfg.min_symbol_run_chars
+        # Symbols spread over words or lines: many repeats, or a long run.
+        return run.span >= cfg.min_symbol_loop_chars or run.repeats >= cfg.min_symbol_repeats
 
     return accept
 
@@ -183,9 +186,11 @@ def raw_accept(cfg: DetectorConfig):
         span = norm * run.repeats
         if norm > cfg.max_period_chars or span < cfg.min_loop_chars:
             return False
-        if LETTER.search(unit) or not any(c.isspace() for c in unit):
+        if LETTER.search(unit):
             return True
-        return span >= cfg.min_symbol_loop_chars
+        if not any(c.isspace() for c in unit):  # one unbroken string ("!!!!")
+            return span >= cfg.min_symbol_run_chars
+        return span >= cfg.min_symbol_loop_chars or run.repeats >= cfg.min_symbol_repeats
 
     return accept
 

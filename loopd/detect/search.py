@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from loopd.detect.config import DetectorConfig
+from loopd.detect.items import ItemSet, may_have_item_set, tail_item_set
 from loopd.detect.plan import Plan
 from loopd.detect.runs import Limits, Run, tail_run
 from loopd.detect.views import DIGIT, punctuation_count, view_of, zeroed
@@ -93,6 +95,23 @@ def search_text(text: str, plan: Plan, lim: Limits) -> Found | None:
     return found
 
 
+def search_tail(text: str, plan: Plan, chars: int) -> Found | None:
+    """search_text on the last ``chars`` characters only, offsets into the whole text.
+
+    For loops known to be short (the many-repeats floors): their run and recovery fit in
+    a short tail, and searching only that keeps the relaxed pass cheap on clean text.
+    """
+    stripped = text.rstrip()
+    base = max(0, len(stripped) - chars)
+    found = search_text(stripped[base:], plan, plan.chars)
+    if found is None or base == 0:
+        return found
+    if found.view is None:  # a run on the raw text: shift the run itself
+        run = found.run
+        return found._replace(run=Run(run.start + base, run.end + base, run.period))
+    return found._replace(base=found.base + base)
+
+
 def _search_windowed(text: str, plan: Plan, lim: Limits) -> Found | None:
     """The view rules, on the last ``_WINDOW_CHARS`` characters first (see search_text)."""
     if len(text) > _WINDOW_CHARS:
@@ -103,3 +122,23 @@ def _search_windowed(text: str, plan: Plan, lim: Limits) -> Found | None:
             return None if found is None else Found(*found, base)
     found = _search_views(text, plan, lim, [])
     return None if found is None else Found(*found, 0)
+
+
+def search_items(text: str, cfg: DetectorConfig, min_chars: int) -> ItemSet | None:
+    """The item-set rule on the tail window, behind its gate (see ``items``)."""
+    window = text.rstrip()[-_WINDOW_CHARS:]
+    found = None
+    if may_have_item_set(window, cfg.min_item_letters):
+        found = tail_item_set(
+            window,
+            min_items=cfg.min_items,
+            max_distinct=cfg.max_distinct_items,
+            max_share=cfg.max_distinct_share,
+            min_letters=cfg.min_item_letters,
+            max_recovery_chars=cfg.max_recovery_chars,
+            min_chars=min_chars,
+        )
+    if found is None:
+        return None
+    base = len(text.rstrip()) - len(window)
+    return found._replace(start=found.start + base, end=found.end + base)

@@ -5,12 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from loopd.detect.config import DEFAULT_CONFIG, DetectorConfig
+from loopd.detect.floors import is_many_repeats, relaxed_variants, scaled_floor_chars
+from loopd.detect.items import ItemSet, may_have_item_set
 from loopd.detect.plan import Plan, plan_for, relaxed
 from loopd.detect.runs import Run, align_to_word, tail_run
-from loopd.detect.search import Found, search_text
+from loopd.detect.search import Found, search_items, search_tail, search_text
 from loopd.detect.tokens import token_pass, token_string
-from loopd.detect.views import to_original
+from loopd.detect.views import near_view, to_original, zeroed
 from loopd.types import CLEAN, Detection
+
+# Raw characters the many-repeats pass searches: its loops cover under min_loop_chars
+# (120) normalized characters, plus a recovery of up to max_recovery_chars (300).
+_SHORT_LOOP_TAIL = 800
 
 
 def from_text_run(
@@ -84,26 +90,85 @@ def detect(
     finish_reason: str | None = None,
     config: DetectorConfig = DEFAULT_CONFIG,
 ) -> Detection:
-    """Say whether ``text`` ends in a repetition loop and where; see the module docstring.
+    """Say whether ``text`` ends in a repetition loop and where; see the package docstring.
 
     Pure and deterministic. ``token_ids`` (the completion's ids) enable the token pass and
     token offsets; ``finish_reason`` in ``config.repetition_finish_reasons`` makes the
-    verdict degenerate whatever the text shows.
+    verdict degenerate whatever the text shows. The rules run in order, each only if the
+    ones before found nothing: cycles at the config's floors, then (short outputs only)
+    at floors scaled to the output, then the item-set rule.
     """
     plan = plan_for(config)
-    found = search_text(text, plan, plan.chars)
+    det = _cycles(text, token_ids, plan)
+    for relaxed_cfg in relaxed_variants(config, text, _count(token_ids)):
+        if det is not None:
+            return det
+        det = _cycles(text, token_ids, plan_for(relaxed_cfg))
+    if det is not None:
+        return det
+    if config.item_sets:
+        found = search_items(text, config, scaled_floor_chars(config, text))
+        if found is not None:
+            return _from_item_set(text, token_ids, found)
+    if finish_reason in config.repetition_finish_reasons:
+        tokens = token_string(token_ids) if token_ids else ""
+        return _locate_reported_loop(text, token_ids, tokens, plan_for(config))
+    return CLEAN
+
+
+def _count(token_ids: Sequence[int] | None) -> int | None:
+    return None if token_ids is None else len(token_ids)
+
+
+def _cycles(text: str, token_ids: Sequence[int] | None, plan: Plan) -> Detection | None:
+    """The cycle rules: text views first, then (only if they found nothing) token ids.
+
+    A plan whose loops are short (``floors``: many repeats) searches a short tail only,
+    and has no token pass.
+    """
+    cfg = plan.cfg
+    if is_many_repeats(cfg):
+        if not _may_repeat_often(text.rstrip()[-_SHORT_LOOP_TAIL:], cfg.min_repeats):
+            return None  # no short unit recurs at the tail: nothing for these floors
+        found = search_tail(text, plan, _SHORT_LOOP_TAIL)
+    else:
+        found = search_text(text, plan, plan.chars)
     if found is not None:
         tokens = token_string(token_ids) if token_ids else ""
         tok = tail_run(tokens, plan.relaxed_tokens) if tokens else None
         return from_text_run(text, found, token_ids, tok)
-    if token_ids:  # only now: a loop the text rules found needs no token pass of its own
+    if token_ids and cfg.min_loop_tokens <= len(token_ids):  # a text loop needs no token pass
         run = token_pass(token_ids, plan.tokens)
         if run is not None:
             return from_token_run(text, token_ids, run)
-    if finish_reason in config.repetition_finish_reasons:
-        tokens = token_string(token_ids) if token_ids else ""
-        return _locate_reported_loop(text, token_ids, tokens, plan)
-    return CLEAN
+    return None
+
+
+def _may_repeat_often(tail: str, repeats: float) -> bool:
+    """Gate for the many-repeats floors: the last few letters and digits of the tail
+    (counters zeroed) recur ``repeats`` times, or two of its last lines recur."""
+    view = zeroed(near_view(tail))
+    return view.count(view[-4:]) >= repeats or may_have_item_set(tail, 1)
+
+
+def _from_item_set(text: str, token_ids: Sequence[int] | None, found: ItemSet) -> Detection:
+    """The Detection for an item-set stretch: ``repeats`` is items per distinct item."""
+    total = max(len(text.rstrip()), 1)
+    fraction = min(1.0, (found.end - found.start) / total)
+    repeats = found.items / found.distinct
+    start_token = None
+    if token_ids:
+        start_token = min(len(token_ids), round(found.start / total * len(token_ids)))
+    return Detection(
+        degenerate=True,
+        rule="item_set",
+        score=round(fraction * (1 - 1 / repeats), 4),
+        loop_start=found.start,
+        loop_start_token=start_token,
+        period=max(1, round((found.end - found.start) / repeats)),
+        repeats=round(repeats, 2),
+        loop_fraction=round(fraction, 4),
+    )
 
 
 def _locate_reported_loop(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from loopd.detect.config import DEFAULT_CONFIG, DetectorConfig
+from loopd.detect.floors import scaled_for
 from loopd.detect.plan import raw_accept, raw_limits, token_limits
-from loopd.detect.runs import tail_run
+from loopd.detect.runs import Run, tail_run
 from loopd.detect.search import Found
 from loopd.detect.verdict import detect, from_text_run, from_token_run
 from loopd.types import Detection
@@ -85,12 +86,21 @@ class LoopWatcher:
         if self._text:
             det = self._text_check(buf, full)
         else:
-            run = tail_run(buf, token_limits(self.config))
+            run = self._token_check(buf)
             det = None if run is None else from_token_run("", [0] * len(buf), run)
         if det is None or not det.degenerate:
             return None
         self.detection = self._shift(det)
         return self.detection
+
+    def _token_check(self, buf: str) -> Run | None:
+        """The batch token pass on the window: the config's floors, then, while the stream
+        is still short, the floors scaled to it (as ``detect`` does on the ids so far)."""
+        cfg = self.config
+        run = tail_run(buf, token_limits(cfg))
+        if run is None and self.consumed * cfg.short_loop_share < cfg.min_loop_tokens:
+            run = tail_run(buf, token_limits(scaled_for(cfg, "", self.consumed)))
+        return run
 
     def _text_check(self, buf: str, full: bool) -> Detection | None:
         """The raw-text stage of the batch detector, or (now and then) all of it."""
