@@ -33,6 +33,23 @@ With token ids a fourth pass (``token_cycle``) looks for exact token cycles (wha
 own repetition stop sees), and locates loops in token space. A ``repetition`` finish
 reason from vLLM is a loop by definition (``finish_repetition``).
 
+Real models loop in shapes these exact-period rules miss (measured on SmolLM2-135M's own
+outputs, ``tests/data/detect/real_smollm2.jsonl.gz``), so two more steps follow, each
+only when everything before found nothing:
+
+4. Short loops (``floors``): the length floors fall with a short output's own length
+   (a ``max_tokens = 48`` answer is ~150 normalized characters), and a unit repeated
+   many times needs only a few dozen characters at any length. Units of punctuation,
+   markup or digits ("<!--" lines, "1000000, ") count by their repeats.
+5. ``item_set`` (``items``): the tail keeps drawing from a few items in any order
+   ("Austria, Germany, Austria, Austria, Germany"), also with a number drifting in an
+   otherwise repeated row ("| Caravaggio | 1618 |", "| Caravaggio | 1621 |").
+
+The package reads as the pipeline: ``config`` (thresholds), ``runs`` (the cycle search),
+``views`` and ``counters`` (normalization), ``plan`` (limits per config), ``search``
+(the text rules in order), ``tokens``, ``floors``, ``items``, ``verdict`` (``detect``)
+and ``watcher`` (``LoopWatcher``).
+
 Cost. Most completions are clean, so the clean path is kept short: one probe on the raw
 text, one view of a 4 kB tail window built by a single ``bytes.translate`` (folding and
 dropping in one C pass; ``str.translate`` looks each character up in a dict), a few probes
