@@ -30,9 +30,12 @@ from loopd.reload import diff, restart_needed
 from loopd.store import Store
 
 DEADLINE_S = 300.0
-# Thresholds no loop of the embedded model's 48-token answers can reach.
+# Thresholds no loop of the embedded model's 48-token answers can reach: every floor,
+# the short-loop ones included, out of reach, and no item-set rule.
 DETECT_NOTHING = (
-    "[detector]\nmin_loop_chars = 100000\nmin_symbol_loop_chars = 100000\nmin_loop_tokens = 3000\n"
+    "[detector]\nmin_loop_chars = 100000\nmin_symbol_loop_chars = 100000\n"
+    "min_symbol_run_chars = 100000\nmin_loop_tokens = 3000\nmin_short_loop_chars = 100000\n"
+    "min_short_loop_tokens = 3000\nmin_many_repeats_chars = 100000\nitem_sets = false\n"
 )
 
 
