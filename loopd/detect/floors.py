@@ -38,13 +38,10 @@ def _bucket(value: float) -> int:
 
 
 def relaxed_variants(
-    cfg: DetectorConfig, text: str, n_tokens: int | None
+    cfg: DetectorConfig, scaled: DetectorConfig | None
 ) -> tuple[DetectorConfig, ...]:
-    """The relaxed configs to try after ``cfg`` found nothing on this output, in order.
-
-    Cheap on long outputs (the common case): one length comparison, no view built.
-    """
-    scaled = scaled_for(cfg, text, n_tokens)
+    """The relaxed configs to try after ``cfg`` found nothing on an output, in order;
+    ``scaled`` is ``scaled_for`` that output (None: it is not short)."""
     if scaled is None:
         return (_many_repeats(cfg, cfg.many_repeats),)
     return (scaled, _many_repeats(cfg, cfg.short_loop_repeats))
@@ -56,7 +53,10 @@ def is_many_repeats(cfg: DetectorConfig) -> bool:
 
 
 def scaled_for(cfg: DetectorConfig, text: str, n_tokens: int | None) -> DetectorConfig | None:
-    """The config with floors scaled to this short output, or None if it is not short."""
+    """The config with floors scaled to this short output, or None if it is not short.
+
+    Cheap on long outputs (the common case): one length comparison, no view built.
+    """
     share = cfg.short_loop_share
     chars, tokens = cfg.min_loop_chars, cfg.min_loop_tokens
     if len(text) * share < 2 * chars:  # maybe short: measure the normalized length
@@ -89,9 +89,3 @@ def _many_repeats(cfg: DetectorConfig, repeats: float) -> DetectorConfig:
             "min_symbol_repeats": max(cfg.min_symbol_repeats, _SHORT_SYMBOL_REPEATS),
         }
     )
-
-
-def scaled_floor_chars(cfg: DetectorConfig, text: str) -> int:
-    """The character floor for rules that take no repeat count (item sets)."""
-    scaled = scaled_for(cfg, text, None)
-    return cfg.min_loop_chars if scaled is None else scaled.min_loop_chars

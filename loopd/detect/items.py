@@ -26,9 +26,9 @@ few items (a split of the last few hundred characters) and counts each in the wi
 from __future__ import annotations
 
 import re
-from itertools import islice
 from typing import NamedTuple
 
+from loopd.detect.counters import has_letters
 from loopd.detect.views import zeroed
 
 # Item boundaries: a newline; a comma or semicolon before a space; a sentence end before a
@@ -41,7 +41,6 @@ _MARKERS = " \t\r-*•|#>"
 _LEAD_COUNTER = re.compile(r"\d{1,4}(?:\.\d{1,4})*[.):]?\s+")
 _LETTER_COUNTER_ENDS = ".),:"
 _TRAIL_CHARS = " \t\r.,;:!?|*"
-_LETTERS = re.compile(r"[^\W\d_]")
 _DIGITS = re.compile(r"\d+")
 _PLAIN = re.compile(r"[\w\s|,.:;()%/\"*-]+")  # words, numbers and table cells only
 _GATE_ITEMS = 6  # last items with letters the gate looks at (a closing remark's first)
@@ -89,11 +88,6 @@ def _items(text: str) -> list[tuple[int, int, str]]:
                 out.append((at + start, end, _key(line[start:])))
         at = end + 1
     return out
-
-
-def _has_letters(key: str, count: int) -> bool:
-    """At least ``count`` letters; stops at the count-th (most items are long)."""
-    return next(islice(_LETTERS.finditer(key), count - 1, None), None) is not None
 
 
 def may_have_item_set(window: str, min_letters: int) -> bool:
@@ -172,7 +166,7 @@ def tail_item_set(
         items = [
             (base + a, base + b, key)
             for a, b, key in _items(text[base:])
-            if _has_letters(key, min_letters)
+            if has_letters(key, 0, len(key), min_letters)
         ]
         found, more = _after_recovery(items, len(text), plain)
         if found is None:

@@ -103,6 +103,15 @@ def token_limits(cfg: DetectorConfig) -> Limits:
     )
 
 
+def _symbols_pass(cfg: DetectorConfig, span: float, repeats: float, unbroken: bool) -> bool:
+    """Is a loop of a unit without letters long enough? One unbroken string ("!!!!")
+    needs min_symbol_run_chars; symbols spread over words or lines ("<!--" lines, "0, 0")
+    need many repeats or a long run."""
+    if unbroken:
+        return span >= cfg.min_symbol_run_chars
+    return span >= cfg.min_symbol_loop_chars or repeats >= cfg.min_symbol_repeats
+
+
 @per_config
 def _accept_unit(cfg: DetectorConfig, rule: str):
     """Extra per-rule checks on the repeated unit (letters for symbols and counters)."""
@@ -113,10 +122,8 @@ def _accept_unit(cfg: DetectorConfig, rule: str):
             return False
         if LETTER.search(s, a, b):
             return True
-        if rule == "cycle" and " " not in s[a : b + 1]:  # one unbroken string ("!!!!")
-            return run.span >= cfg.min_symbol_run_chars
-        # Symbols spread over words or lines: many repeats, or a long run.
-        return run.span >= cfg.min_symbol_loop_chars or run.repeats >= cfg.min_symbol_repeats
+        unbroken = rule == "cycle" and " " not in s[a : b + 1]
+        return _symbols_pass(cfg, run.span, run.repeats, unbroken)
 
     return accept
 
@@ -188,9 +195,8 @@ def raw_accept(cfg: DetectorConfig):
             return False
         if LETTER.search(unit):
             return True
-        if not any(c.isspace() for c in unit):  # one unbroken string ("!!!!")
-            return span >= cfg.min_symbol_run_chars
-        return span >= cfg.min_symbol_loop_chars or run.repeats >= cfg.min_symbol_repeats
+        unbroken = not any(c.isspace() for c in unit)
+        return _symbols_pass(cfg, span, run.repeats, unbroken)
 
     return accept
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from loopd.detect.config import DEFAULT_CONFIG, DetectorConfig
-from loopd.detect.floors import is_many_repeats, relaxed_variants, scaled_floor_chars
+from loopd.detect.floors import is_many_repeats, relaxed_variants, scaled_for
 from loopd.detect.items import ItemSet, may_have_item_set
 from loopd.detect.plan import Plan, plan_for, relaxed
 from loopd.detect.runs import Run, align_to_word, tail_run
@@ -100,24 +100,21 @@ def detect(
     """
     plan = plan_for(config)
     det = _cycles(text, token_ids, plan)
-    for relaxed_cfg in relaxed_variants(config, text, _count(token_ids)):
-        if det is not None:
-            return det
-        det = _cycles(text, token_ids, plan_for(relaxed_cfg))
     if det is not None:
         return det
+    scaled = scaled_for(config, text, None if token_ids is None else len(token_ids))
+    for relaxed_cfg in relaxed_variants(config, scaled):
+        det = _cycles(text, token_ids, plan_for(relaxed_cfg))
+        if det is not None:
+            return det
     if config.item_sets:
-        found = search_items(text, config, scaled_floor_chars(config, text))
+        found = search_items(text, config, (scaled or config).min_loop_chars)
         if found is not None:
             return _from_item_set(text, token_ids, found)
     if finish_reason in config.repetition_finish_reasons:
         tokens = token_string(token_ids) if token_ids else ""
-        return _locate_reported_loop(text, token_ids, tokens, plan_for(config))
+        return _locate_reported_loop(text, token_ids, tokens, plan)
     return CLEAN
-
-
-def _count(token_ids: Sequence[int] | None) -> int | None:
-    return None if token_ids is None else len(token_ids)
 
 
 def _cycles(text: str, token_ids: Sequence[int] | None, plan: Plan) -> Detection | None:
