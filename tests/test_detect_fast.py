@@ -16,11 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loopd.detect import DEFAULT_CONFIG
+from loopd.detect import DEFAULT_CONFIG, items
 from loopd.detect.counters import (
     END_COUNTER,
     INLINE_COUNTER,
     LINE_COUNTER,
+    has_letters,
     may_have_end_counter,
     may_have_inline_counter,
     undo_line_counters,
@@ -157,3 +158,22 @@ def test_windowed_token_pass_at_the_window_edge(period, shift):
     loop = (unit * (window // period + 3))[: window + shift]
     ids = list(range(2000, 4000)) + loop
     assert token_pass(ids, lim) == tail_run(token_string(ids), lim)
+
+
+# The item separator as first written: lookbehinds at every position, and greedy runs
+# that backtrack through indentation (see items._SEPARATOR).
+_PLAIN_SEPARATOR = re.compile(r"(?<=[,;])\s+|(?<=[.!?])\s+(?=[A-Z\"'*])|\s+(?=\d{1,4}[.)]\s)")
+ITEM_LINE = st.text(alphabet="aB9 ,;.!?)\t\u2003'\"*", max_size=120)
+
+
+@SETTINGS
+@given(ITEM_LINE | TEXT.map(lambda s: s.replace("\n", " ")))
+def test_item_separator_cuts_where_the_plain_regex_does(line):
+    fast = [m.span(m.lastindex or 0) for m in items._SEPARATOR.finditer(line)]
+    assert fast == [m.span() for m in _PLAIN_SEPARATOR.finditer(line)]
+
+
+@SETTINGS
+@given(TEXT.map(str.lower), st.integers(0, 4))
+def test_item_letter_count_equals_the_regex_count(key, count):
+    assert items._has_letters(key, count) == has_letters(key, 0, len(key), count)

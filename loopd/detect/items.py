@@ -20,12 +20,15 @@ form are the cycle rules' job).
 
 Cost. Most completions are clean and must not pay for a split: a gate takes the last
 few items (a split of the last few hundred characters) and counts each in the window
-(``str.count``, C speed); only when one recurs there does the full split run.
+(``str.count``, C speed); only when one recurs there does the rule cut items, from the
+end backwards and only as far as its walks reach (on clean text, a few lines).
 """
 
 from __future__ import annotations
 
 import re
+import string
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from loopd.detect.counters import has_letters
@@ -33,7 +36,12 @@ from loopd.detect.views import zeroed
 
 # Item boundaries: a newline; a comma or semicolon before a space; a sentence end before a
 # capital or a quote; a list counter inside a line (" 57. Shih Tzus 58. Greyhound").
-_SEPARATOR = re.compile(r"(?<=[,;])\s+|(?<=[.!?])\s+(?=[A-Z\"'*])|\s+(?=\d{1,4}[.)]\s)")
+# The regex starts with a character class, so the engine skips to candidate characters
+# in C; the separator itself is group 1 or 2 (after "," ";" or a sentence end) or, before
+# a counter, the whole match. Possessive: no backtracking through indentation.
+_SEPARATOR = re.compile(
+    r"[,;.!?\s](?:(?<=[,;])(\s++)|(?<=[.!?])(\s++)(?=[A-Z\"'*])|(?<=\s)\s*+(?=\d{1,4}[.)]\s))"
+)
 _INLINE_HINTS = re.compile(r"[,;.!?)]\s")
 # What does not tell items apart: list markers and counters before (numbers, dotted
 # numbers, or one letter: "E,Electrical,1985"), punctuation after.
@@ -45,7 +53,7 @@ _DIGITS = re.compile(r"\d+")
 _PLAIN = re.compile(r"[\w\s|,.:;()%/\"*-]+")  # words, numbers and table cells only
 _GATE_ITEMS = 6  # last items with letters the gate looks at (a closing remark's first)
 _GATE_CHARS = 600  # characters split for the gate
-_CHUNK = 1536  # characters cut into items first (see tail_item_set)
+_ASCII_LOWER = string.ascii_lowercase.encode("ascii")
 _GATE_TRIM = " \t\r0123456789.,;:!?|*#>•-()"  # counters and punctuation around an item
 
 
@@ -68,26 +76,71 @@ def _key(item: str) -> str:
     return " ".join(item.rstrip(_TRAIL_CHARS).lower().split())
 
 
-def _items(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, key) of every item of ``text``: lines, split further inside a line
-    only where it holds a separator (most lines of code and tables do not)."""
+def _line_items(line: str, at: int) -> list[tuple[int, int, str]]:
+    """(start, end, key) of the items of one line starting at offset ``at``: the line,
+    split further only where it holds a separator (most lines of code and tables do not)."""
+    if _INLINE_HINTS.search(line) is None:
+        return [(at, at + len(line), _key(line))] if line else []
     out = []
-    at = 0
-    for line in text.split("\n"):
-        end = at + len(line)
-        if _INLINE_HINTS.search(line) is None:
-            if line:
-                out.append((at, end, _key(line)))
-        else:
-            start = 0
-            for sep in _SEPARATOR.finditer(line):
-                if sep.start() > start:
-                    out.append((at + start, at + sep.start(), _key(line[start : sep.start()])))
-                start = sep.end()
-            if start < len(line):
-                out.append((at + start, end, _key(line[start:])))
-        at = end + 1
+    start = 0
+    for match in _SEPARATOR.finditer(line):
+        sep_start, sep_end = match.span(match.lastindex or 0)
+        if sep_start > start:
+            out.append((at + start, at + sep_start, _key(line[start:sep_start])))
+        start = sep_end
+    if start < len(line):
+        out.append((at + start, at + len(line), _key(line[start:])))
     return out
+
+
+class _TailItems:
+    """The items of ``text`` with enough letters, cut from the end backwards on demand.
+
+    Every walk starts near the end and, on clean text, stops after a few distinct items:
+    cutting lines only as walks reach them keeps the rule's cost to those few lines. Each
+    item is ``(start, end, key, blind key)``; the blind key has its digits zeroed when the
+    item may be compared digit-blind (otherwise it is the key, so a log line's timestamp
+    still tells it apart). Both passes walk the same items, cut once.
+    """
+
+    def __init__(self, text: str, min_letters: int) -> None:
+        self._text, self._min_letters = text, min_letters
+        self._cursor = len(text)  # text[: cursor] is not cut yet; -1: all of it is
+        self.last_first: list[tuple[int, int, str, str]] = []
+
+    def get(self, i: int) -> tuple[int, int, str, str] | None:
+        """The ``i``-th item from the end (0: the last), or None if there are fewer."""
+        while len(self.last_first) <= i and self._cursor >= 0:
+            self._cut_line()
+        return self.last_first[i] if i < len(self.last_first) else None
+
+    def walk(self, i: int) -> Iterator[tuple[int, int, str, str]]:
+        """The items from the ``i``-th from the end backwards, cut as the walk reaches them."""
+        items = self.last_first
+        while True:
+            while i < len(items):
+                yield items[i]
+                i += 1
+            if self._cursor < 0:
+                return
+            self._cut_line()
+
+    def _cut_line(self) -> None:
+        newline = self._text.rfind("\n", 0, self._cursor)
+        line = self._text[newline + 1 : self._cursor]
+        self._cursor = newline
+        self.last_first.extend(
+            (a, b, key, zeroed(key) if _blind_ok(key) else key)
+            for a, b, key in reversed(_line_items(line, newline + 1))
+            if _has_letters(key, self._min_letters)
+        )
+
+
+def _has_letters(key: str, count: int) -> bool:
+    """Does the (lower-cased) key hold ``count`` letters? ASCII keys count them in C."""
+    if key.isascii():
+        return len(key) - len(key.encode("ascii").translate(None, _ASCII_LOWER)) >= count
+    return has_letters(key, 0, len(key), count)
 
 
 def may_have_item_set(window: str, min_letters: int) -> bool:
@@ -127,6 +180,9 @@ def _blind_ok(key: str) -> bool:
     return _PLAIN.fullmatch(key) is not None and len(_DIGITS.findall(key)) <= 2
 
 
+_KEY, _BLIND_KEY = 2, 3  # fields of a _TailItems item
+
+
 class _Limits(NamedTuple):
     min_items: int
     max_distinct: int
@@ -151,8 +207,7 @@ def tail_item_set(
     shorter than the stretch), adding items to a set until more than ``max_distinct``
     distinct ones are seen; the best stretch is the longest whose distinct count stays
     within ``max_share`` of its length and whose items hold at least ``min_chars``
-    characters. Items are cut from the last ``_CHUNK`` characters first; the whole text
-    only when a walk ran out of items there (the stretch may go on before).
+    characters. Items are cut from the end backwards, only as far as the walks reach.
 
     Then the same, digit-blind and stricter: the same one or two rows with a number
     counting or drifting in them ("| 35 | China | 350 |", "| Caravaggio | 1618 |").
@@ -161,51 +216,43 @@ def tail_item_set(
     """
     plain = _Limits(min_items, max_distinct, max_share, min_chars, max_recovery_chars)
     blind = plain._replace(max_distinct=max(1, max_distinct // 2), max_share=max_share / 2)
-    base = max(0, len(text) - _CHUNK)
-    while True:
-        items = [
-            (base + a, base + b, key)
-            for a, b, key in _items(text[base:])
-            if has_letters(key, 0, len(key), min_letters)
-        ]
-        found, more = _after_recovery(items, len(text), plain)
-        if found is None:
-            zeroed_items = [(a, b, zeroed(key)) for a, b, key in items if _blind_ok(key)]
-            found, more_blind = _after_recovery(zeroed_items, len(text), blind)
-            more = more or more_blind
-        if (found is not None and found.start > items[0][0]) or not more or base == 0:
-            return found
-        base = 0
+    items = _TailItems(text, min_letters)
+    found = _after_recovery(items, len(text), plain, _KEY)
+    if found is None:
+        found = _after_recovery(items, len(text), blind, _BLIND_KEY)
+    return found
 
 
 def _after_recovery(
-    items: list[tuple[int, int, str]], end_of_text: int, lim: _Limits
-) -> tuple[ItemSet | None, bool]:
-    """_stretch ending at each of the last items that leaves a short enough recovery;
-    and whether some walk ran out of items (so an earlier start might do better)."""
-    ran_out = False
-    for skip in range(len(items)):
-        recovery = end_of_text - items[-1 - skip][1]
+    items: _TailItems, end_of_text: int, lim: _Limits, field: int
+) -> ItemSet | None:
+    """_stretch ending at each of the last items that leaves a short enough recovery."""
+    skip = 0
+    while (last := items.get(skip)) is not None:
+        recovery = end_of_text - last[1]
         if recovery > lim.max_recovery_chars:
             break
-        found, out = _stretch(items[: len(items) - skip], lim)
-        ran_out = ran_out or out
+        found = _stretch(items, skip, lim, field)
         if found is not None and found.end - found.start > recovery:
-            return found, ran_out
-    return None, ran_out
+            return found
+        skip += 1
+    return None
 
 
-def _stretch(items: list[tuple[int, int, str]], lim: _Limits) -> tuple[ItemSet | None, bool]:
-    """The longest stretch ending at the last of ``items`` that passes (see above), and
-    whether the walk ran out of items before it saw too many distinct ones."""
+def _stretch(items: _TailItems, skip: int, lim: _Limits, field: int) -> ItemSet | None:
+    """The longest stretch ending at item ``skip`` (from the end) that passes (see above),
+    comparing the items' ``field`` (key or blind key); the walk back stops at the first
+    item past ``max_distinct`` distinct ones."""
     best: ItemSet | None = None
     seen: set[str] = set()
     chars = 0
-    for n, (start, _, key) in enumerate(reversed(items), 1):
+    end = items.last_first[skip][1]
+    for n, item in enumerate(items.walk(skip), 1):
+        key = item[field]
         seen.add(key)
         chars += len(key)
         if len(seen) > lim.max_distinct:
-            return best, False
+            break
         if n >= lim.min_items and len(seen) <= lim.max_share * n and chars >= lim.min_chars:
-            best = ItemSet(start, items[-1][1], n, len(seen))
-    return best, True
+            best = ItemSet(item[0], end, n, len(seen))
+    return best
