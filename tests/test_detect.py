@@ -289,6 +289,18 @@ def SHIFTING(items: list[str], n: int) -> list[str]:
         "".join(f"| Caravaggio | {1610 + i * i % 7} | Caravaggio |\n" for i in range(12)),
         # a letter counter
         "".join(f"{c},Electrical,1985\n" for c in "CDEFGHIJKLMNOPQRSTUVW"),
+        # a counter that changes width (9 -> 10) in rows drawn from two
+        "".join(
+            f"| **Player {i}** | **{w}** | {i + 8} |\n"
+            for i, w in enumerate(SHIFTING(["Ale", "Bam"], 18), 1)
+        ),
+        # names changing before one repeated description
+        " ".join(
+            f"{i}. {name}: A deck of cards with different rules, such as different cards."
+            for i, name in enumerate(
+                "Siren Black Star Blackstar Comet Rook Nova Ember Dune Flint".split(), 1
+            )
+        ),
     ],
 )
 def test_item_sets_are_loops(text):
@@ -312,6 +324,8 @@ def test_item_sets_are_loops(text):
         "The values: " + "1000000, " * 12,
         # dotted counters
         "\n".join(f'4.{i}. "Creative Commons" licences let you share.' for i in range(1, 9)),
+        # a unit shorter than the search's 24-character probe, four times in a short answer
+        "1. BMW\n2. Mercedes-Benz\n3. Audi\n4. Toyota\n5. BMW\n6. Audi\n7. Audi\n8. Audi\n9. Audi",
     ],
 )
 def test_short_and_symbol_loops_are_loops(text):
@@ -349,6 +363,20 @@ def test_short_and_symbol_loops_are_loops(text):
 )
 def test_repetitive_but_legitimate_text_is_clean(text):
     assert not detect(text).degenerate, detect(text)
+
+
+def test_a_loop_the_token_limit_cut_needs_fewer_repeats():
+    """Two rows and most of a third, at the token limit: the budget cut the loop."""
+    intro = "| Name | Origin | Notes |\n|---|---|---|\n| **Tomatoes** | **Latin America** | x |\n"
+    row = '| **Cucumbers** | **Asia** | "Cucumbers grow on vines in warm places" |\n'
+    cut = intro + row * 2 + row[: int(len(row) * 0.8)]
+    assert detect(cut, finish_reason="length").degenerate
+    # Stopped by itself, or followed by anything after the loop: three repeats stay the bar.
+    assert not detect(cut, finish_reason="stop").degenerate
+    assert not detect(cut + " and that is all.", finish_reason="length").degenerate
+    assert not detect(
+        cut, finish_reason="length", config=DetectorConfig(cut_loop_repeats=3)
+    ).degenerate
 
 
 def test_floors_scale_with_the_output_length():

@@ -40,10 +40,12 @@ only when everything before found nothing:
 4. Short loops (``floors``): the length floors fall with a short output's own length
    (a ``max_tokens = 48`` answer is ~150 normalized characters), and a unit repeated
    many times needs only a few dozen characters at any length. Units of punctuation,
-   markup or digits ("<!--" lines, "1000000, ") count by their repeats.
+   markup or digits ("<!--" lines, "1000000, ") count by their repeats. A loop the
+   token limit cut (finish reason "length") needs 2.5 repeats if it runs to the end.
 5. ``item_set`` (``items``): the tail keeps drawing from a few items in any order
    ("Austria, Germany, Austria, Austria, Germany"), also with a number drifting in an
-   otherwise repeated row ("| Caravaggio | 1618 |", "| Caravaggio | 1621 |").
+   otherwise repeated row ("| Caravaggio | 1618 |", "| Caravaggio | 1621 |"), or with
+   names changing before one repeated description ("15. Black Star: A deck of cards").
 
 The package reads as the pipeline: ``config`` (thresholds), ``runs`` (the cycle search),
 ``views`` and ``counters`` (normalization), ``plan`` (limits per config), ``search``

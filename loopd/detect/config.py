@@ -75,6 +75,17 @@ class DetectorConfig(BaseModel):
         description="Normalized characters such a loop of many repeats must cover (text "
         "rules only; token cycles that short are table separators).",
     )
+    cut_loop_repeats: float = Field(
+        2.5,
+        description="A loop the token limit cut (finish reason in limit_finish_reasons) "
+        "that runs to the very end needs only this many repeats: the budget stopped it "
+        "during its third ('| Cucumbers | Asia |' twice and most of a third at "
+        "max_tokens = 128). A loop followed by anything else keeps min_repeats.",
+    )
+    limit_finish_reasons: tuple[str, ...] = Field(
+        ("length",),
+        description="Finish reasons that mean the token limit cut the output.",
+    )
     item_sets: bool = Field(
         True,
         description="Also catch tails that keep drawing from a few items in any order "
@@ -161,7 +172,13 @@ class DetectorConfig(BaseModel):
         description="LoopWatcher keeps this many recent characters when fed text pieces.",
     )
 
-    @field_validator("min_repeats", "short_loop_repeats", "many_repeats", "min_symbol_repeats")
+    @field_validator(
+        "min_repeats",
+        "short_loop_repeats",
+        "many_repeats",
+        "cut_loop_repeats",
+        "min_symbol_repeats",
+    )
     @classmethod
     def _repeats_at_least_two(cls, v: float) -> float:
         if v < 2:

@@ -1,4 +1,5 @@
-"""Floors for short loops: short answers have short loops, and many repeats are a loop.
+"""Floors for short loops: short answers have short loops, many repeats are a loop, and a
+loop the token limit cut short is still one.
 
 Why. The absolute floors (``min_loop_chars`` 120 normalized characters, ``min_loop_tokens``
 48) keep "very very very" and three identical short lines from firing in long outputs,
@@ -14,6 +15,12 @@ reach them. Two relaxations follow, each only tried when the ones before found n
    seven times is a loop in a long list too); a token cycle that short is more often a
    table separator, so the token pass keeps its floor there. Units without letters keep
    their own, higher bar.
+
+And one for outputs the token limit stopped (``cut_loop``): a loop that runs to the very
+end needs only ``cut_loop_repeats`` (2.5), since the budget stopped it during its third
+repeat, as "| Cucumbers | Asia |" twice and most of a third at ``max_tokens = 128``.
+With any recovery after it, or an output that stopped by itself, three repeats stay the
+bar. It runs after the item-set rule (see ``verdict``).
 
 How. Each relaxation is just another ``DetectorConfig``: the search, its plan and its
 memos stay as they are. Floors are rounded up to a multiple of 8, so a config has a few
@@ -45,6 +52,15 @@ def relaxed_variants(
     if scaled is None:
         return (_many_repeats(cfg, cfg.many_repeats),)
     return (scaled, _many_repeats(cfg, cfg.short_loop_repeats))
+
+
+def cut_loop(cfg: DetectorConfig) -> DetectorConfig | None:
+    """The config for an output the token limit cut (None: it would find nothing new).
+
+    Tried last, after the item-set rule: a stretch that began as an item set and ends in
+    a short cycle is reported from where the item set began.
+    """
+    return _cut_loop(cfg) if cfg.cut_loop_repeats < cfg.min_repeats else None
 
 
 def is_many_repeats(cfg: DetectorConfig) -> bool:
@@ -80,10 +96,26 @@ def _scaled(cfg: DetectorConfig, chars: int, tokens: int) -> DetectorConfig:
 
 
 @per_config
-def _many_repeats(cfg: DetectorConfig, repeats: float) -> DetectorConfig:
+def _cut_loop(cfg: DetectorConfig) -> DetectorConfig:
     return cfg.model_copy(
         update={
-            "min_repeats": max(cfg.min_repeats, repeats),
+            "min_repeats": cfg.cut_loop_repeats,
+            "max_recovery_chars": 0,
+            "max_recovery_tokens": 0,
+        }
+    )
+
+
+@per_config
+def _many_repeats(cfg: DetectorConfig, repeats: float) -> DetectorConfig:
+    """Short units only: a unit longer than min_loop_chars / repeats, so many times over,
+    reaches min_loop_chars, where the config's own floors already looked. Short periods
+    keep the search (and its short probe) to the last few dozen characters."""
+    repeats = max(cfg.min_repeats, repeats)
+    return cfg.model_copy(
+        update={
+            "min_repeats": repeats,
+            "max_period_chars": min(cfg.max_period_chars, math.ceil(cfg.min_loop_chars / repeats)),
             "min_loop_chars": min(cfg.min_loop_chars, cfg.min_many_repeats_chars),
             "min_loop_tokens": _NO_TOKEN_PASS,  # the token pass keeps its floor (see above)
             "min_symbol_repeats": max(cfg.min_symbol_repeats, _SHORT_SYMBOL_REPEATS),

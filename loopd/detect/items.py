@@ -32,7 +32,6 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from loopd.detect.counters import has_letters
-from loopd.detect.views import zeroed
 
 # Item boundaries: a newline; a comma or semicolon before a space; a sentence end before a
 # capital or a quote; a list counter inside a line (" 57. Shih Tzus 58. Greyhound").
@@ -50,7 +49,8 @@ _LEAD_COUNTER = re.compile(r"\d{1,4}(?:\.\d{1,4})*[.):]?\s+")
 _LETTER_COUNTER_ENDS = ".),:"
 _TRAIL_CHARS = " \t\r.,;:!?|*"
 _DIGITS = re.compile(r"\d+")
-_PLAIN = re.compile(r"[\w\s|,.:;()%/\"*-]+")  # words, numbers and table cells only
+_LABEL = re.compile(r"^[^:]{1,40}:\s")  # a list entry's name: "ruby: " in "ruby: a red gem"
+_PLAIN = re.compile(r"[\w\s|,.:;()%/\"'’*-]+")  # words, numbers and table cells only
 _GATE_ITEMS = 6  # last items with letters the gate looks at (a closing remark's first)
 _GATE_CHARS = 600  # characters split for the gate
 _ASCII_LOWER = string.ascii_lowercase.encode("ascii")
@@ -93,28 +93,29 @@ def _line_items(line: str, at: int) -> list[tuple[int, int, str]]:
     return out
 
 
+_Item = tuple[int, int, str, str, str]  # start, end, key, blind key, unlabelled key
+
+
 class _TailItems:
     """The items of ``text`` with enough letters, cut from the end backwards on demand.
 
     Every walk starts near the end and, on clean text, stops after a few distinct items:
     cutting lines only as walks reach them keeps the rule's cost to those few lines. Each
-    item is ``(start, end, key, blind key)``; the blind key has its digits zeroed when the
-    item may be compared digit-blind (otherwise it is the key, so a log line's timestamp
-    still tells it apart). Both passes walk the same items, cut once.
+    item is an ``_Item`` (see ``_compared``); every pass walks the same items, cut once.
     """
 
     def __init__(self, text: str, min_letters: int) -> None:
         self._text, self._min_letters = text, min_letters
         self._cursor = len(text)  # text[: cursor] is not cut yet; -1: all of it is
-        self.last_first: list[tuple[int, int, str, str]] = []
+        self.last_first: list[_Item] = []
 
-    def get(self, i: int) -> tuple[int, int, str, str] | None:
+    def get(self, i: int) -> _Item | None:
         """The ``i``-th item from the end (0: the last), or None if there are fewer."""
         while len(self.last_first) <= i and self._cursor >= 0:
             self._cut_line()
         return self.last_first[i] if i < len(self.last_first) else None
 
-    def walk(self, i: int) -> Iterator[tuple[int, int, str, str]]:
+    def walk(self, i: int) -> Iterator[_Item]:
         """The items from the ``i``-th from the end backwards, cut as the walk reaches them."""
         items = self.last_first
         while True:
@@ -130,10 +131,19 @@ class _TailItems:
         line = self._text[newline + 1 : self._cursor]
         self._cursor = newline
         self.last_first.extend(
-            (a, b, key, zeroed(key) if _blind_ok(key) else key)
+            _compared(a, b, key)
             for a, b, key in reversed(_line_items(line, newline + 1))
             if _has_letters(key, self._min_letters)
         )
+
+
+def _compared(start: int, end: int, key: str) -> _Item:
+    """An item with the keys the three passes compare (see tail_item_set): the key; the
+    blind key, each number written "0" when the item may be compared digit-blind (else
+    the key: a log line's timestamp still tells it apart); the key less a leading label
+    ("ruby: " in "ruby: a red gemstone")."""
+    blind = _DIGITS.sub("0", key) if _blind_ok(key) else key
+    return start, end, key, blind, _LABEL.sub("", key, count=1)
 
 
 def _has_letters(key: str, count: int) -> bool:
@@ -180,7 +190,7 @@ def _blind_ok(key: str) -> bool:
     return _PLAIN.fullmatch(key) is not None and len(_DIGITS.findall(key)) <= 2
 
 
-_KEY, _BLIND_KEY = 2, 3  # fields of a _TailItems item
+_KEY, _BLIND_KEY, _UNLABELLED_KEY = 2, 3, 4  # fields of an _Item
 
 
 class _Limits(NamedTuple):
@@ -210,9 +220,14 @@ def tail_item_set(
     characters. Items are cut from the end backwards, only as far as the walks reach.
 
     Then the same, digit-blind and stricter: the same one or two rows with a number
-    counting or drifting in them ("| 35 | China | 350 |", "| Caravaggio | 1618 |").
-    Stricter because logs are rows of a few messages, and only for words and table cells
-    with at most two numbers: timestamps and code ("'\\x01'  # 0x01") count legitimately.
+    counting or drifting in them ("| 35 | China | 350 |", "| Caravaggio | 1618 |", also
+    across widths: "| Player 9 |", "| Player 10 |"). Stricter because logs are rows of a
+    few messages, and only for words and table cells with at most two numbers:
+    timestamps and code ("'\\x01'  # 0x01") count legitimately.
+
+    Last, with the plain limits, the items less a leading label: a list that keeps its
+    names but repeats one description ("14. Black Star: A deck of cards with different
+    rules", "15. Blackstar: A deck of cards with different rules").
     """
     plain = _Limits(min_items, max_distinct, max_share, min_chars, max_recovery_chars)
     blind = plain._replace(max_distinct=max(1, max_distinct // 2), max_share=max_share / 2)
@@ -220,6 +235,8 @@ def tail_item_set(
     found = _after_recovery(items, len(text), plain, _KEY)
     if found is None:
         found = _after_recovery(items, len(text), blind, _BLIND_KEY)
+    if found is None:
+        found = _after_recovery(items, len(text), plain, _UNLABELLED_KEY)
     return found
 
 

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from loopd.detect.config import DetectorConfig
 from loopd.detect.counters import LETTER, has_letters
-from loopd.detect.runs import Limits, Run
+from loopd.detect.runs import Limits, Run, probe_for
 from loopd.detect.views import kept
 
 _COUNTER_PERIOD = 400  # longest unit (normalized chars) the counter rule looks for
@@ -48,6 +48,7 @@ def raw_limits(cfg: DetectorConfig) -> Limits:
         max_period=2 * cfg.max_period_chars,
         max_recovery=0,
         max_recovery_share=cfg.max_recovery_share,
+        probe=probe_for(cfg.min_loop_chars, cfg.min_repeats),
     )
 
 
@@ -60,6 +61,7 @@ def _raw_recovery_limits(cfg: DetectorConfig) -> Limits:
         max_period=2 * cfg.max_period_chars,
         max_recovery=cfg.max_recovery_chars,
         max_recovery_share=cfg.max_recovery_share,
+        probe=probe_for(cfg.min_loop_chars, cfg.min_repeats),
     )
 
 
@@ -68,13 +70,15 @@ def _gate_limits(cfg: DetectorConfig) -> Limits:
     """Limits for _counter_gate: the real ones, except 2/3 of the span and one repeat less
     (a counter that changes width, 9 -> 10, breaks the zeroed run), any recovery share,
     and units of at most _COUNTER_PERIOD characters: counted items are list lines."""
+    repeats, span = max(2, int(cfg.min_repeats) - 1), 2 * cfg.min_loop_chars // 3
     return Limits(
-        max(2, int(cfg.min_repeats) - 1),
-        2 * cfg.min_loop_chars // 3,
+        repeats,
+        span,
         min(cfg.max_period_chars, _COUNTER_PERIOD),
         cfg.max_recovery_chars,
         1.0,
         word_aligned=False,
+        probe=probe_for(span, repeats),
     )
 
 
@@ -88,6 +92,7 @@ def _char_limits(cfg: DetectorConfig) -> Limits:
         max_recovery=cfg.max_recovery_chars,
         max_recovery_share=cfg.max_recovery_share,
         word_aligned=False,
+        probe=probe_for(cfg.min_loop_chars, cfg.min_repeats),
     )
 
 
@@ -100,6 +105,7 @@ def token_limits(cfg: DetectorConfig) -> Limits:
         max_recovery=cfg.max_recovery_tokens,
         max_recovery_share=cfg.max_recovery_share,
         word_aligned=False,
+        probe=probe_for(cfg.min_loop_tokens, cfg.min_repeats),
     )
 
 
@@ -203,4 +209,6 @@ def raw_accept(cfg: DetectorConfig):
 
 def relaxed(lim: Limits) -> Limits:
     """Limits for *locating* a loop already known to exist (finish_reason=repetition)."""
-    return Limits(2.0, 8, lim.max_period, max(lim.max_recovery, 64), 1.0, lim.word_aligned)
+    return Limits(
+        2.0, 8, lim.max_period, max(lim.max_recovery, 64), 1.0, lim.word_aligned, lim.probe
+    )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 PROBE = 24  # characters/tokens of tail used to propose periods
+_MIN_PROBE = 4  # shortest probe: shorter ones recur everywhere
 _MAX_PROPOSALS = 16  # previous occurrences of the probe tried per end position
 _WORD_START = re.compile(r"\s+(?=\S)")
 
@@ -41,6 +42,18 @@ class Limits:
     max_recovery: int
     max_recovery_share: float
     word_aligned: bool = True
+
+    probe: int = PROBE  # tail characters/tokens that propose periods; see probe_for
+
+
+def probe_for(min_span: int, min_repeats: float) -> int:
+    """The probe for runs this short: PROBE, or less when the shortest passing run is short.
+
+    A run is found when a probe ending in it recurs one period earlier, also in it, so a
+    probe must fit in a run of ``min_span`` less one period (at most min_span divided by
+    min_repeats): "0audi" four times (20 characters) is never found with 24 characters.
+    """
+    return max(_MIN_PROBE, min(PROBE, int(min_span * (1 - 1 / min_repeats))))
 
 
 def align_to_word(s: str, run: Run, on: bool) -> Run:
@@ -128,12 +141,13 @@ def tail_run(
     """
     n = len(s)
     e = n
-    lowest = max(1, n - lim.max_recovery - PROBE)
+    probe_len = lim.probe
+    lowest = max(1, n - lim.max_recovery - probe_len)
     # Any run long enough to pass holds a whole probe ending at one of these positions.
-    stride = max(PROBE, lim.min_span - PROBE)
+    stride = max(probe_len, lim.min_span - probe_len)
     min_span, min_repeats, max_period = lim.min_span, lim.min_repeats, lim.max_period
     while e >= lowest:
-        k = PROBE if e >= 2 * PROBE else e // 2
+        k = probe_len if e >= 2 * probe_len else e // 2
         if k < 1:
             return None
         pos = e - k

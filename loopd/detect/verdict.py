@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from loopd.detect.config import DEFAULT_CONFIG, DetectorConfig
-from loopd.detect.floors import is_many_repeats, relaxed_variants, scaled_for
+from loopd.detect.floors import cut_loop, is_many_repeats, relaxed_variants, scaled_for
 from loopd.detect.items import ItemSet, may_have_item_set
 from loopd.detect.plan import Plan, plan_for, relaxed
 from loopd.detect.runs import Run, align_to_word, tail_run
@@ -96,7 +96,8 @@ def detect(
     token offsets; ``finish_reason`` in ``config.repetition_finish_reasons`` makes the
     verdict degenerate whatever the text shows. The rules run in order, each only if the
     ones before found nothing: cycles at the config's floors, then (short outputs only)
-    at floors scaled to the output, then the item-set rule.
+    at floors scaled to the output, then for many repeats of a short unit, then the
+    item-set rule, and last (when the token limit cut the output) cycles of fewer repeats.
     """
     plan = plan_for(config)
     det = _cycles(text, token_ids, plan)
@@ -111,6 +112,10 @@ def detect(
         found = search_items(text, config, (scaled or config).min_loop_chars)
         if found is not None:
             return _from_item_set(text, token_ids, found)
+    if finish_reason in config.limit_finish_reasons and (cut := cut_loop(config)) is not None:
+        det = _cycles(text, token_ids, plan_for(cut))
+        if det is not None:
+            return det
     if finish_reason in config.repetition_finish_reasons:
         tokens = token_string(token_ids) if token_ids else ""
         return _locate_reported_loop(text, token_ids, tokens, plan)
