@@ -208,7 +208,9 @@ def raw_accept(cfg: DetectorConfig):
 
 
 def relaxed(lim: Limits) -> Limits:
-    """Limits for *locating* a loop already known to exist (finish_reason=repetition)."""
+    """Limits for *locating* a loop already known to exist (finish_reason=repetition);
+    the probe stays that of ``lim``: these limits locate loops, they do not look for
+    shorter ones."""
     return Limits(
         2.0, 8, lim.max_period, max(lim.max_recovery, 64), 1.0, lim.word_aligned, lim.probe
     )

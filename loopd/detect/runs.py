@@ -42,7 +42,6 @@ class Limits:
     max_recovery: int
     max_recovery_share: float
     word_aligned: bool = True
-
     probe: int = PROBE  # tail characters/tokens that propose periods; see probe_for
 
 
