@@ -287,6 +287,12 @@ def SHIFTING(items: list[str], n: int) -> list[str]:
         + "\nThese are the countries.",
         # the same row with a number drifting in it (digit-blind items)
         "".join(f"| Caravaggio | {1610 + i * i % 7} | Caravaggio |\n" for i in range(12)),
+        # a line with three numbers drifting in it (model, size and size again)
+        "".join(
+            f"{i}. Intel Core i{3 + i * i % 7} {20 + i * 7 % 13}: A high-end laptop with"
+            f" {20 + i * 7 % 13} GB of RAM.\n"
+            for i in range(6, 16)
+        ),
         # a letter counter
         "".join(f"{c},Electrical,1985\n" for c in "CDEFGHIJKLMNOPQRSTUVW"),
         # a counter that changes width (9 -> 10) in rows drawn from two

@@ -185,9 +185,10 @@ def may_have_item_set(window: str, min_letters: int) -> bool:
 
 
 def _blind_ok(key: str) -> bool:
-    """May this item be compared digit-blind? Words and table cells with at most two
-    numbers: a row's value or year, not a log line's timestamp (six numbers)."""
-    return _PLAIN.fullmatch(key) is not None and len(_DIGITS.findall(key)) <= 2
+    """May this item be compared digit-blind? Words and table cells with at most three
+    numbers (a row's value or year; "Intel Core i5 23: ... 23 GB"), not a log line's
+    timestamp (six numbers)."""
+    return _PLAIN.fullmatch(key) is not None and len(_DIGITS.findall(key)) <= 3
 
 
 _KEY, _BLIND_KEY, _UNLABELLED_KEY = 2, 3, 4  # fields of an _Item
@@ -222,7 +223,7 @@ def tail_item_set(
     Then the same, digit-blind and stricter: the same one or two rows with a number
     counting or drifting in them ("| 35 | China | 350 |", "| Caravaggio | 1618 |", also
     across widths: "| Player 9 |", "| Player 10 |"). Stricter because logs are rows of a
-    few messages, and only for words and table cells with at most two numbers:
+    few messages, and only for words and table cells with at most three numbers:
     timestamps and code ("'\\x01'  # 0x01") count legitimately.
 
     Last, with the plain limits, the items less a leading label: a list that keeps its
