@@ -82,6 +82,9 @@ class WatchedStream:
                     break
                 yield self._take(chunk)
             if stop:
+                # Cancel upstream before telling the client: every token the server makes
+                # from here on is spent for nothing.
+                await self._chunks.aclose()
                 yield self._stop()
             yield DONE
         finally:
