@@ -49,6 +49,7 @@ _LEAD_COUNTER = re.compile(r"\d{1,4}(?:\.\d{1,4})*[.):]?\s+")
 _LETTER_COUNTER_ENDS = ".),:"
 _TRAIL_CHARS = " \t\r.,;:!?|*"
 _DIGITS = re.compile(r"\d+")
+_MAX_BLIND_NUMBERS = 3  # more numbers than this: a timestamp, not a drifting value
 _LABEL = re.compile(r"^[^:]{1,40}:\s")  # a list entry's name: "ruby: " in "ruby: a red gem"
 _PLAIN = re.compile(r"[\w\s|,.:;()%/\"'’*-]+")  # words, numbers and table cells only
 _GATE_ITEMS = 6  # last items with letters the gate looks at (a closing remark's first)
@@ -142,8 +143,7 @@ def _compared(start: int, end: int, key: str) -> _Item:
     blind key, each number written "0" when the item may be compared digit-blind (else
     the key: a log line's timestamp still tells it apart); the key less a leading label
     ("ruby: " in "ruby: a red gemstone")."""
-    blind = _DIGITS.sub("0", key) if _blind_ok(key) else key
-    return start, end, key, blind, _LABEL.sub("", key, count=1)
+    return start, end, key, _blind_key(key), _LABEL.sub("", key, count=1)
 
 
 def _has_letters(key: str, count: int) -> bool:
@@ -184,11 +184,13 @@ def may_have_item_set(window: str, min_letters: int) -> bool:
     return False
 
 
-def _blind_ok(key: str) -> bool:
-    """May this item be compared digit-blind? Words and table cells with at most three
-    numbers (a row's value or year; "Intel Core i5 23: ... 23 GB"), not a log line's
-    timestamp (six numbers)."""
-    return _PLAIN.fullmatch(key) is not None and len(_DIGITS.findall(key)) <= 3
+def _blind_key(key: str) -> str:
+    """The key with each number written "0", if the item may be compared digit-blind
+    (else the key): words and table cells with at most three numbers (a row's value or
+    year; "Intel Core i5 23: ... 23 GB"), not a log line's timestamp (six numbers).
+    One pass over the key both counts and replaces its numbers."""
+    blind, numbers = _DIGITS.subn("0", key)
+    return blind if numbers <= _MAX_BLIND_NUMBERS and _PLAIN.fullmatch(key) else key
 
 
 _KEY, _BLIND_KEY, _UNLABELLED_KEY = 2, 3, 4  # fields of an _Item
