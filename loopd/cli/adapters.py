@@ -32,10 +32,8 @@ class CommandFailed(Exception):
     """A verb that did not happen; the message says why."""
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "adapters", help="list, inspect, promote, roll back, pin or unpin adapter versions"
-    )
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser("adapters", help=summary)
     parser.add_argument("verb", choices=VERBS)
     parser.add_argument(
         "version", nargs="?", help="a version: 3, v3 or v0003 (pin also takes 'base')"

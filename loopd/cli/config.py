@@ -8,8 +8,8 @@ from pathlib import Path
 from loopd.config import ConfigError, load_config
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("config", help="work with config files")
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser("config", help=summary)
     actions = parser.add_subparsers(dest="action", required=True)
     check = actions.add_parser("check", help="validate FILE; print each problem and its fix")
     check.add_argument("file", type=Path)

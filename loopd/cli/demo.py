@@ -13,10 +13,8 @@ from loopd.config import LoopdConfig
 from loopd.demo import build_embedded, demo_config
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="find loops in the embedded tiny model and train them away (CPU, offline)"
-    )
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser("demo", help=summary)
     parser.add_argument("--state", type=Path, default=Path("state"), help="state folder")
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)  # see run()
     add_output_arguments(parser)

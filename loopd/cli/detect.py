@@ -26,11 +26,11 @@ EXIT_OK, EXIT_BAD_INPUT = 0, 2
 _MARK_OPEN, _MARK_CLOSE = "⟦LOOP→", "⟧"
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> argparse.ArgumentParser:
     """Register ``detect`` on the ``loopd`` command line."""
     parser = subparsers.add_parser(
         "detect",
-        help="Detect repetition loops in completions.",
+        help=summary,
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument(

@@ -9,8 +9,8 @@ from loopd import logs
 from loopd.smollm2 import ModelUnavailable, ensure_smollm2
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("model", help="prepare a model folder loopd can train")
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser("model", help=summary)
     models = parser.add_subparsers(dest="model", required=True)
     smollm2 = models.add_parser(
         "smollm2",

@@ -20,10 +20,8 @@ from loopd.rounds import format_table, plot, run_rounds, summary, write_report
 log = logging.getLogger("loopd.cli")
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "rounds", help="run N training rounds on the configured model, with a table"
-    )
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser("rounds", help=summary)
     parser.add_argument("--config", type=Path, required=True, help="TOML or YAML config file")
     add_output_arguments(parser)
     parser.set_defaults(func=run)

@@ -19,8 +19,8 @@ from loopd.store import Store
 log = logging.getLogger("loopd.cli")
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("run", help="run the daemon (sample, train, gate, deploy)")
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser("run", help=summary)
     parser.add_argument("--config", type=Path, required=True, help="TOML or YAML config file")
     parser.set_defaults(func=run)
 

@@ -21,10 +21,8 @@ from loopd.status import render, snapshot
 from loopd.store import Store
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "status", help="live adapter, rates, last decision, rounds, next jobs"
-    )
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser("status", help=summary)
     parser.add_argument("--config", type=Path, required=True, help="the daemon's config file")
     parser.add_argument("--json", action="store_true", help="print the /status document")
     parser.set_defaults(func=run)
