@@ -13,7 +13,7 @@ import re
 import string
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from loopd.detect import DEFAULT_CONFIG, items
@@ -177,3 +177,76 @@ def test_item_separator_cuts_where_the_plain_regex_does(line):
 @given(TEXT.map(str.lower), st.integers(0, 4))
 def test_item_letter_count_equals_the_regex_count(key, count):
     assert items._has_letters(key, count) == has_letters(key, 0, len(key), count)
+
+
+def _plain_tail_item_set(text: str, lim: dict) -> items.ItemSet | None:
+    """tail_item_set as first written: all three passes, every walk to its end."""
+    cut = list(items._TailItems(text, lim["min_letters"]).walk(0))
+    plain = items._Limits(
+        lim["min_items"], lim["max_distinct"], lim["max_share"], lim["min_chars"], 40
+    )
+    blind = plain._replace(max_distinct=max(1, plain.max_distinct // 2))
+    blind = blind._replace(max_share=plain.max_share / 2)
+    for limits, field in ((plain, 2), (blind, 3), (plain, 4)):
+        for skip, last in enumerate(cut):
+            recovery = len(text) - last[1]
+            if recovery > limits.max_recovery_chars:
+                break
+            best = _plain_stretch(cut[skip:], limits, field)
+            if best is not None and last[1] - best.start > recovery:
+                return best._replace(end=last[1])
+    return None
+
+
+def _plain_stretch(walk: list, limits, field: int) -> items.ItemSet | None:
+    best, seen, chars = None, set(), 0
+    for n, item in enumerate(walk, 1):
+        seen.add(item[field])
+        chars += len(item[field])
+        if len(seen) > limits.max_distinct:
+            break
+        passes = n >= limits.min_items and len(seen) <= limits.max_share * n
+        if passes and chars >= limits.min_chars:
+            best = items.ItemSet(item[0], 0, n, len(seen))
+    return best
+
+
+_LEADS = ["", "1. ", "12) ", "- ", "| ", "ruby: ", "opal: ", "jade 3: ", "onyx: ", "Iris: "]
+_ITEMS = ["Audi", "Volvo 12", "Volvo 13", "Volvo 140", "a red gem", "x, y and z", "Nissan."]
+# A few items and leads per text, so that item sets (plain, digit-blind, unlabelled) are
+# common and the passes after the plain one often decide.
+ITEM_TEXT = st.tuples(
+    st.lists(st.sampled_from(_LEADS), min_size=1, max_size=4, unique=True),
+    st.lists(st.sampled_from(_ITEMS), min_size=1, max_size=3, unique=True),
+).flatmap(
+    lambda chosen: st.lists(
+        st.tuples(
+            st.sampled_from(chosen[0]),
+            st.sampled_from(chosen[1]),
+            st.sampled_from(["\n", ", ", ". "]),
+        ),
+        max_size=40,
+    ).map(lambda rows: "".join(lead + item + sep for lead, item, sep in rows))
+)
+
+
+@settings(SETTINGS, max_examples=400)
+@example("1. Volvo 12\n2. Volvo 13\n" * 6, 8, 1, 0.25, 0)  # found by the digit-blind pass
+@example("".join(f"{g}: a red gem\n" for g in ["ruby", "opal", "jade"] * 4), 8, 2, 0.5, 0)
+@given(
+    ITEM_TEXT | ITEM_TEXT | TEXT,
+    st.integers(2, 10),
+    st.integers(1, 9),
+    st.sampled_from([0.25, 0.5, 1.0]),
+    st.integers(0, 80),
+)
+def test_item_sets_equal_the_plain_walks(text, min_items, max_distinct, max_share, min_chars):
+    lim = {
+        "min_items": min_items,
+        "max_distinct": max_distinct,
+        "max_share": max_share,
+        "min_letters": 2,
+        "max_recovery_chars": 40,
+        "min_chars": min_chars,
+    }
+    assert items.tail_item_set(text, **lim) == _plain_tail_item_set(text, lim)

@@ -109,6 +109,9 @@ class _TailItems:
         self._text, self._min_letters = text, min_letters
         self._cursor = len(text)  # text[: cursor] is not cut yet; -1: all of it is
         self.last_first: list[_Item] = []
+        # Whether any item cut so far has a blind (or unlabelled) key other than its key:
+        # if none has, that pass would walk the plain keys again (see tail_item_set).
+        self.blinded = self.labelled = False
 
     def get(self, i: int) -> _Item | None:
         """The ``i``-th item from the end (0: the last), or None if there are fewer."""
@@ -131,11 +134,12 @@ class _TailItems:
         newline = self._text.rfind("\n", 0, self._cursor)
         line = self._text[newline + 1 : self._cursor]
         self._cursor = newline
-        self.last_first.extend(
-            _compared(a, b, key)
-            for a, b, key in reversed(_line_items(line, newline + 1))
-            if _has_letters(key, self._min_letters)
-        )
+        for a, b, key in reversed(_line_items(line, newline + 1)):
+            if _has_letters(key, self._min_letters):
+                item = _compared(a, b, key)
+                self.blinded = self.blinded or item[_BLIND_KEY] != key
+                self.labelled = self.labelled or item[_UNLABELLED_KEY] != key
+                self.last_first.append(item)
 
 
 def _compared(start: int, end: int, key: str) -> _Item:
@@ -143,7 +147,7 @@ def _compared(start: int, end: int, key: str) -> _Item:
     blind key, each number written "0" when the item may be compared digit-blind (else
     the key: a log line's timestamp still tells it apart); the key less a leading label
     ("ruby: " in "ruby: a red gemstone")."""
-    return start, end, key, _blind_key(key), _LABEL.sub("", key, count=1)
+    return start, end, key, _blind_key(key), _LABEL.sub("", key, count=1) if ":" in key else key
 
 
 def _has_letters(key: str, count: int) -> bool:
@@ -190,7 +194,7 @@ def _blind_key(key: str) -> str:
     year; "Intel Core i5 23: ... 23 GB"), not a log line's timestamp (six numbers).
     One pass over the key both counts and replaces its numbers."""
     blind, numbers = _DIGITS.subn("0", key)
-    return blind if numbers <= _MAX_BLIND_NUMBERS and _PLAIN.fullmatch(key) else key
+    return blind if 0 < numbers <= _MAX_BLIND_NUMBERS and _PLAIN.fullmatch(key) else key
 
 
 _KEY, _BLIND_KEY, _UNLABELLED_KEY = 2, 3, 4  # fields of an _Item
@@ -231,14 +235,17 @@ def tail_item_set(
     Last, with the plain limits, the items less a leading label: a list that keeps its
     names but repeats one description ("14. Black Star: A deck of cards with different
     rules", "15. Blackstar: A deck of cards with different rules").
+
+    A pass whose keys are the plain ones on every item cut so far is skipped: its limits
+    are the plain pass's or stricter, so it would walk the same items and find nothing.
     """
     plain = _Limits(min_items, max_distinct, max_share, min_chars, max_recovery_chars)
     blind = plain._replace(max_distinct=max(1, max_distinct // 2), max_share=max_share / 2)
     items = _TailItems(text, min_letters)
     found = _after_recovery(items, len(text), plain, _KEY)
-    if found is None:
+    if found is None and items.blinded:
         found = _after_recovery(items, len(text), blind, _BLIND_KEY)
-    if found is None:
+    if found is None and items.labelled:
         found = _after_recovery(items, len(text), plain, _UNLABELLED_KEY)
     return found
 
@@ -263,6 +270,8 @@ def _stretch(items: _TailItems, skip: int, lim: _Limits, field: int) -> ItemSet 
     """The longest stretch ending at item ``skip`` (from the end) that passes (see above),
     comparing the items' ``field`` (key or blind key); the walk back stops at the first
     item past ``max_distinct`` distinct ones."""
+    if _all_distinct_first(items, skip, lim, field):
+        return None
     best: ItemSet | None = None
     seen: set[str] = set()
     chars = 0
@@ -276,3 +285,17 @@ def _stretch(items: _TailItems, skip: int, lim: _Limits, field: int) -> ItemSet 
         if n >= lim.min_items and len(seen) <= lim.max_share * n and chars >= lim.min_chars:
             best = ItemSet(item[0], end, n, len(seen))
     return best
+
+
+def _all_distinct_first(items: _TailItems, skip: int, lim: _Limits, field: int) -> bool:
+    """Are the first ``max_distinct + 1`` items of the walk from ``skip`` all distinct?
+
+    Then _stretch finds nothing, and this says so with one set built in C instead of a
+    walk: while every item is new, distinct items are all of them, over ``max_share``
+    (< 1) of the stretch, and the next one stops the walk. On clean text most walks end
+    this way, so the rule's cost falls to about a set per item it ends at.
+    """
+    head = lim.max_distinct + 1
+    if lim.max_share >= 1 or items.get(skip + head - 1) is None:
+        return False
+    return len({item[field] for item in items.last_first[skip : skip + head]}) == head
