@@ -307,6 +307,14 @@ def SHIFTING(items: list[str], n: int) -> list[str]:
                 "Siren Black Star Blackstar Comet Rook Nova Ember Dune Flint".split(), 1
             )
         ),
+        # ... the same list on one line, then a closing remark on a line of its own
+        " ".join(
+            f"{i}. {name}: A deck of cards with different rules, such as different cards."
+            for i, name in enumerate(
+                "Siren Black Star Blackstar Comet Rook Nova Ember Dune Flint".split(), 1
+            )
+        )
+        + "\n\nBlack is the most complex of them, but you can find them here: [the list].",
     ],
 )
 def test_item_sets_are_loops(text):

@@ -160,13 +160,14 @@ def _has_letters(key: str, count: int) -> bool:
 def may_have_item_set(window: str, min_letters: int) -> bool:
     """Gate: do two of the last few items each occur at least twice more in ``window``?
 
-    All in C: lines (or the last line's comma-separated parts) trimmed of counters and
+    All in C: lines and their comma-separated parts (a list may be written on one line:
+    "13. The Last Rage: A deck of cards, such as ..., 14. ..."), trimmed of counters and
     punctuation with ``str.strip``, counted with ``str.count``. Looks past a closing
     remark: the last ``_GATE_ITEMS`` items with letters.
     """
     tail = window[-_GATE_CHARS:]
     lines = tail.split("\n")
-    pieces = lines[-1].split(", ") + lines[-2::-1] if ", " in lines[-1] else lines[::-1]
+    pieces = (part for line in reversed(lines) for part in reversed(line.split(", ")))
     checked = recurring = 0
     for piece in pieces:
         # Trimming digits too leaves the words of a row whose numbers count or drift
