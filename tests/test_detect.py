@@ -373,6 +373,12 @@ def test_short_and_symbol_loops_are_loops(text):
             for s in range(40)
         ),
         "Good morning! Good morning! Good morning!",
+        # metrics logs: a counter and measurements change in every row
+        "".join(f"Step {s * 100}: loss = {2.5 - s * 0.07:.3f}\n" for s in range(1, 20)),
+        "".join(
+            f"Epoch {e}: train loss {0.9 - e * 0.05:.3f}, val loss {0.95 - e * 0.04:.3f}\n"
+            for e in range(1, 15)
+        ),
     ],
 )
 def test_repetitive_but_legitimate_text_is_clean(text):

@@ -49,6 +49,7 @@ _LEAD_COUNTER = re.compile(r"\d{1,4}(?:\.\d{1,4})*[.):]?\s+")
 _LETTER_COUNTER_ENDS = ".),:"
 _TRAIL_CHARS = " \t\r.,;:!?|*"
 _DIGITS = re.compile(r"\d+")
+_DECIMAL = re.compile(r"\d[.,]\d")  # "0.52", "3,5": a measurement, not a drifting value
 _MAX_BLIND_NUMBERS = 3  # more numbers than this: a timestamp, not a drifting value
 _LABEL = re.compile(r"^[^:]{1,40}:\s")  # a list entry's name: "ruby: " in "ruby: a red gem"
 _PLAIN = re.compile(r"[\w\s|,.:;()%/\"'’*-]+")  # words, numbers and table cells only
@@ -192,8 +193,11 @@ def may_have_item_set(window: str, min_letters: int) -> bool:
 def _blind_key(key: str) -> str:
     """The key with each number written "0", if the item may be compared digit-blind
     (else the key): words and table cells with at most three numbers (a row's value or
-    year; "Intel Core i5 23: ... 23 GB"), not a log line's timestamp (six numbers).
-    One pass over the key both counts and replaces its numbers."""
+    year; "Intel Core i5 23: ... 23 GB"), not a log line's timestamp (six numbers) and
+    no decimal: "loss 0.52" is a measurement, so a metrics log ("Epoch 3: loss 0.52")
+    keeps its rows apart. One pass over the key both counts and replaces its numbers."""
+    if _DECIMAL.search(key):
+        return key
     blind, numbers = _DIGITS.subn("0", key)
     return blind if 0 < numbers <= _MAX_BLIND_NUMBERS and _PLAIN.fullmatch(key) else key
 
