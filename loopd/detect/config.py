@@ -157,10 +157,11 @@ class DetectorConfig(BaseModel):
         "repetition detection); such outputs are degenerate by definition.",
     )
     watch_check_every: int = Field(
-        8,
+        16,
         description="LoopWatcher checks the tail every this many tokens (for text pieces: "
         "exact loops every 4x this many characters, everything every 1,024); a loop is "
-        "reported at most this late.",
+        "reported at most this late. 16 keeps the watcher under 1 µs per token on a busy "
+        "2-core machine, where 8 cost ~0.9-1.4 µs, for ~4 more tokens per stopped loop.",
     )
     watch_window_tokens: int = Field(
         4096,
