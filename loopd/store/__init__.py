@@ -1,7 +1,8 @@
 """The one SQLite database: every sample, pair, round, adapter version and event.
 
-All SQL lives here. The database runs in WAL mode with a busy timeout so the daemon's
-jobs and an operator's ``loopd status`` can read while a job writes. The schema is
+All SQL lives in this package: writes and the loop's reads here, the read-only totals
+and rates in ``aggregates``. The database runs in WAL mode with a busy timeout so the
+daemon's jobs and an operator's ``loopd status`` can read while a job writes. The schema is
 managed by sqlite-utils ``Migrations``; a database that records a migration this code
 does not know was written by a newer loopd and is refused rather than misread.
 
@@ -13,7 +14,6 @@ at once wait for each other instead of failing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import threading
@@ -27,12 +27,18 @@ from typing import Any
 
 import sqlite_utils
 
+from loopd.store.aggregates import RECENT_SCAN, RECENT_WINDOW, Aggregates
 from loopd.store.rows import (
+    decision_from_row,
+    eval_summary,
+    messages_column,
     pair_from_row,
     pair_row,
+    prompt_digest,
     sample_from_row,
     sample_row,
     version_from_row,
+    version_row,
 )
 from loopd.store.schema import migrations
 from loopd.types import (
@@ -40,27 +46,30 @@ from loopd.types import (
     Completion,
     Detection,
     EvalAnswer,
-    EvalReport,
     GateDecision,
     Pair,
     Prompt,
     Sample,
 )
 
-RECENT_WINDOW = 500  # samples behind the "recent" degeneration rate
-RECENT_SCAN = 10 * RECENT_WINDOW  # newest samples searched for the rates by serving name
 INTERRUPTED_REASON = (
     "loopd stopped (a crash, a kill or a power loss) while this round ran; "
     "its pairs stay fresh and train in a later round"
 )
 
 
+__all__ = ["INTERRUPTED_REASON", "RECENT_SCAN", "RECENT_WINDOW", "SchemaTooNewError", "Store"]
+
+
 class SchemaTooNewError(RuntimeError):
     """The database was written by a newer loopd; reading it could lose data."""
 
 
-class Store:
-    """Repository over the loopd database; every method is one short transaction."""
+class Store(Aggregates):
+    """Repository over the loopd database; every method is one short transaction.
+
+    The read-only totals and rates (metrics, ``loopd status``, the deployment watch) are
+    in ``aggregates``; the column encodings in ``rows``."""
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,8 +182,8 @@ class Store:
         A stored prompt's words never change, so every old sample and pair keeps the
         prompt it was answered to; only ``reference`` and ``kind`` follow the file.
         """
-        words = {"text": prompt.text, "messages": _messages(prompt)}
-        for key in (prompt.id, f"{prompt.id}@{_digest(words)}"):
+        words = {"text": prompt.text, "messages": messages_column(prompt)}
+        for key in (prompt.id, f"{prompt.id}@{prompt_digest(words)}"):
             found = list(self.db.query("SELECT text, messages FROM prompts WHERE id = ?", [key]))
             if not found or found[0] == words:
                 row = {"id": key, **words, "reference": prompt.reference, "kind": prompt.kind}
@@ -257,7 +266,7 @@ class Store:
         """A round's published adapter and its pairs marked trained, in one transaction:
         a crash before it leaves the pairs fresh (trained again later), never lost."""
         with self._transaction():
-            self.db["adapter_versions"].insert(_version_row(version), pk="version")
+            self.db["adapter_versions"].insert(version_row(version), pk="version")
             self._mark_trained(pair_ids, round_id)
 
     # -- rounds, adapters, events ----------------------------------------------
@@ -312,7 +321,7 @@ class Store:
 
     def add_adapter_version(self, version: AdapterVersion) -> None:
         with self._transaction():
-            self.db["adapter_versions"].insert(_version_row(version), pk="version")
+            self.db["adapter_versions"].insert(version_row(version), pk="version")
 
     def adapter_version(self, version: int) -> AdapterVersion | None:
         if not 0 <= version < 2**63:  # SQLite's INTEGER; no such version (a 404, not a 500)
@@ -389,7 +398,10 @@ class Store:
         self, decision: GateDecision, *, round_id: int, candidate: int, live: int | None
     ) -> None:
         """A round's gate verdict: an event (summaries) and a decision (every check)."""
-        summaries = {"candidate": _summary(decision.candidate), "live": _summary(decision.live)}
+        summaries = {
+            "candidate": eval_summary(decision.candidate),
+            "live": eval_summary(decision.live),
+        }
         self.record_event(
             "gate", version=candidate, round_id=round_id,
             promote=decision.promote, reason=decision.reason, **summaries,
@@ -404,7 +416,7 @@ class Store:
         """Newest first; only those about ``version`` (as candidate) when given."""
         where, params = ("WHERE candidate_version = ?", [version]) if version else ("", [])
         sql = f"SELECT * FROM decisions {where} ORDER BY id DESC LIMIT ?"
-        return [_decoded_decision(r) for r in self.db.query(sql, [*params, limit])]
+        return [decision_from_row(r) for r in self.db.query(sql, [*params, limit])]
 
     # -- the held-out set ------------------------------------------------------
 
@@ -442,118 +454,7 @@ class Store:
         with self._transaction():
             self.db["heldout_answers"].insert_all(rows)
 
-    # -- samples by adapter: the deployment watch ------------------------------
-
-    def max_sample_id(self) -> int:
-        return next(self.db.query("SELECT MAX(id) AS n FROM samples"))["n"] or 0
-
-    def loop_counts(
-        self,
-        adapter: str | None,
-        *,
-        after_id: int = 0,
-        before_id: int | None = None,
-        last: int | None = None,
-    ) -> tuple[int, int]:
-        """``(degenerate, samples)`` answered by serving name ``adapter`` (None: the base)
-        with ids in ``(after_id, before_id)``; only the newest ``last`` when given."""
-        sql = (
-            "SELECT COALESCE(SUM(degenerate), 0) AS d, COUNT(*) AS n FROM (SELECT degenerate"
-            " FROM samples WHERE adapter IS ? AND id > ? AND id < ? ORDER BY id DESC LIMIT ?)"
-        )
-        bound = before_id if before_id is not None else 2**62
-        row = next(self.db.query(sql, [adapter, after_id, bound, last or -1]))
-        return row["d"], row["n"]
-
-    # -- counts and retention --------------------------------------------------
-
-    def counts(self) -> dict[str, int]:
-        """Totals read at scrape time by the metrics collector (never stale)."""
-        one = lambda sql: next(self.db.query(sql))["n"]  # noqa: E731
-        return {
-            "samples": one("SELECT COUNT(*) AS n FROM samples"),
-            "degenerate_samples": one("SELECT COUNT(*) AS n FROM samples WHERE degenerate = 1"),
-            "pairs": one("SELECT COUNT(*) AS n FROM pairs"),
-            "fresh_pairs": one("SELECT COUNT(*) AS n FROM pairs WHERE trained_round IS NULL"),
-            "rounds": one("SELECT COUNT(*) AS n FROM rounds"),
-            "adapter_versions": one("SELECT COUNT(*) AS n FROM adapter_versions"),
-        }
-
-    def recent_degeneration_rate(self, window: int = RECENT_WINDOW) -> float:
-        """Share of the last ``window`` samples that degenerated (the live loop rate)."""
-        sql = (
-            "SELECT AVG(degenerate) AS r FROM"
-            " (SELECT degenerate FROM samples ORDER BY id DESC LIMIT ?)"
-        )
-        return next(self.db.query(sql, [window]))["r"] or 0.0
-
-    def rates_by_kind(self, window: int = RECENT_WINDOW) -> dict[str, dict[str, float]]:
-        """Loop rate and sample count of the last ``window`` samples, by prompt kind."""
-        sql = (
-            "SELECT COALESCE(p.kind, 'unknown') AS kind, AVG(s.degenerate) AS rate,"
-            " COUNT(*) AS n FROM (SELECT * FROM samples ORDER BY id DESC LIMIT ?) s"
-            " JOIN prompts p ON p.id = s.prompt_id GROUP BY 1 ORDER BY 1"
-        )
-        return {
-            r["kind"]: {"rate": r["rate"], "samples": r["n"]} for r in self.db.query(sql, [window])
-        }
-
-    def rounds_by_status(self) -> dict[str, int]:
-        sql = "SELECT status, COUNT(*) AS n FROM rounds GROUP BY status"
-        return {r["status"]: r["n"] for r in self.db.query(sql)}
-
-    # -- what the metrics collector reads at scrape time --------------------------
-
-    def sample_tallies(self) -> dict[tuple[str | None, bool], int]:
-        """Samples ever stored, by ``(serving name, degenerate)`` (None: the bare base);
-        retention does not lower these."""
-        sql = "SELECT adapter, degenerate, n FROM sample_tallies"
-        return {(r["adapter"] or None, bool(r["degenerate"])): r["n"] for r in self.db.query(sql)}
-
-    def recent_loops_by_adapter(
-        self, window: int = RECENT_WINDOW, *, scan: int = RECENT_SCAN
-    ) -> dict[str | None, tuple[int, int]]:
-        """``(degenerate, samples)`` of each serving name's last ``window`` samples, for
-        the names among the newest ``scan`` samples (bounded: a scrape stays cheap)."""
-        sql = (
-            "SELECT adapter, SUM(degenerate) AS d, COUNT(*) AS n FROM (SELECT adapter,"
-            " degenerate, ROW_NUMBER() OVER (PARTITION BY adapter ORDER BY id DESC) AS k"
-            " FROM (SELECT id, adapter, degenerate FROM samples ORDER BY id DESC LIMIT ?))"
-            " WHERE k <= ? GROUP BY adapter"
-        )
-        return {r["adapter"]: (r["d"], r["n"]) for r in self.db.query(sql, [scan, window])}
-
-    def last_trained_round(self) -> dict[str, Any] | None:
-        """The newest round that finished training (whatever the gate said after):
-        ``id``, ``final_loss``, ``train_metrics`` (decoded) and ``trained_at``, the time
-        its adapter was published."""
-        sql = (
-            "SELECT r.id, r.final_loss, r.train_metrics, v.created_at AS trained_at"
-            " FROM adapter_versions v JOIN rounds r ON r.id = v.round_id"
-            " ORDER BY v.created_at DESC, v.version DESC LIMIT 1"
-        )
-        rows = list(self.db.query(sql))
-        if not rows:
-            return None
-        return {**rows[0], "train_metrics": json.loads(rows[0]["train_metrics"] or "{}")}
-
-    def decisions_by_outcome(self) -> dict[tuple[str, bool], int]:
-        """Decisions ever recorded, by ``(source, promote)``."""
-        sql = "SELECT source, promote, COUNT(*) AS n FROM decisions GROUP BY 1, 2"
-        return {(r["source"], bool(r["promote"])): r["n"] for r in self.db.query(sql)}
-
-    def deployments_by_source(self) -> dict[str, int]:
-        """Deployments ever recorded, by who made them (``gate``: automatic; ``operator``)."""
-        sql = (
-            "SELECT COALESCE(json_extract(payload, '$.source'), 'unknown') AS source,"
-            " COUNT(*) AS n FROM events WHERE kind = 'deployed' GROUP BY 1"
-        )
-        return {r["source"]: r["n"] for r in self.db.query(sql)}
-
-    def last_event_at(self, kind: str) -> float | None:
-        """When the newest event of ``kind`` was recorded, or None."""
-        row = next(self.db.query("SELECT MAX(at) AS at FROM events WHERE kind = ?", [kind]))
-        return row["at"]
+    # -- retention -------------------------------------------------------------
 
     def delete_old_samples(self, older_than: float) -> int:
         """Retention: drop samples older than the cutoff that no pair refers to."""
@@ -574,25 +475,3 @@ class Store:
             oldest = f"SELECT id FROM samples WHERE {deletable} ORDER BY id LIMIT ?"
             count = db.execute(f"DELETE FROM samples WHERE id IN ({oldest})", [excess]).rowcount
         return count
-
-
-def _messages(prompt: Prompt) -> str | None:
-    return json.dumps(prompt.messages) if prompt.messages else None
-
-
-def _digest(words: dict[str, str | None]) -> str:
-    return hashlib.sha256(json.dumps(words, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _version_row(version: AdapterVersion) -> dict[str, Any]:
-    return asdict(version) | {"path": str(version.path)}
-
-
-def _decoded_decision(row: dict[str, Any]) -> dict[str, Any]:
-    decoded = {k: json.loads(row[k]) if row[k] else None for k in ("checks", "candidate", "live")}
-    return {**row, **decoded, "promote": bool(row["promote"])}
-
-
-def _summary(report: EvalReport) -> dict[str, Any]:
-    """An evaluation without its per-prompt answers, as events and decisions keep it."""
-    return {k: v for k, v in asdict(report).items() if k != "answers"}

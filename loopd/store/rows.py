@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from loopd.types import AdapterVersion, Completion, Detection, Pair, Prompt, Sample
+from loopd.types import AdapterVersion, Completion, Detection, EvalReport, Pair, Prompt, Sample
 
 
 def sample_row(completion: Completion, detection: Detection, now: float) -> dict[str, Any]:
@@ -100,3 +101,25 @@ def version_from_row(row: dict[str, Any]) -> AdapterVersion:
 
 def tuple_or_none(encoded: str | None) -> tuple | None:
     return None if encoded is None else tuple(json.loads(encoded))
+
+
+def messages_column(prompt: Prompt) -> str | None:
+    return json.dumps(prompt.messages) if prompt.messages else None
+
+
+def prompt_digest(words: dict[str, str | None]) -> str:
+    return hashlib.sha256(json.dumps(words, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def version_row(version: AdapterVersion) -> dict[str, Any]:
+    return asdict(version) | {"path": str(version.path)}
+
+
+def decision_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    decoded = {k: json.loads(row[k]) if row[k] else None for k in ("checks", "candidate", "live")}
+    return {**row, **decoded, "promote": bool(row["promote"])}
+
+
+def eval_summary(report: EvalReport) -> dict[str, Any]:
+    """An evaluation without its per-prompt answers, as events and decisions keep it."""
+    return {k: v for k, v in asdict(report).items() if k != "answers"}
