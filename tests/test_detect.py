@@ -270,6 +270,9 @@ def test_config_is_frozen_and_thresholds_matter():
 # --- the shapes real SmolLM2 outputs loop in (issue 13) ------------------------------
 
 
+COLOURS = ["Blue", "Green", "Red", "White", "Black", "Purple", "Pink"]
+
+
 def SHIFTING(items: list[str], n: int) -> list[str]:
     rng = random.Random(13)
     return [rng.choice(items) for _ in range(n)]
@@ -285,6 +288,9 @@ def SHIFTING(items: list[str], n: int) -> list[str]:
             f"{i}. {c}\n" for i, c in enumerate(SHIFTING(["Hungary", "Croatia", "Poland"], 27), 1)
         )
         + "\nThese are the countries.",
+        # seven colours over 24 lines (0.29 distinct per item: the labelling rule's 0.3)
+        "Here are 50 colours:\n\n"
+        + "".join(f"{i}. {COLOURS[(i * 3 + i // 7) % 7]}\n" for i in range(1, 25)),
         # the same row with a number drifting in it (digit-blind items)
         "".join(f"| Caravaggio | {1610 + i * i % 7} | Caravaggio |\n" for i in range(12)),
         # a line with three numbers drifting in it (model, size and size again)
