@@ -271,6 +271,10 @@ def test_config_is_frozen_and_thresholds_matter():
 
 
 COLOURS = ["Blue", "Green", "Red", "White", "Black", "Purple", "Pink"]
+TREES = (
+    "Oak Elm Pine Birch Maple Cedar Spruce Larch Beech Alder Aspen Poplar Willow Hazel Holly"
+    " Yew Fir Hemlock Cypress Juniper Walnut Chestnut Hickory Magnolia Sequoia"
+).split()
 
 
 def SHIFTING(items: list[str], n: int) -> list[str]:
@@ -339,6 +343,9 @@ def test_item_sets_are_loops(text):
         "".join(f"{i}. {w}\n" for i, w in enumerate("Oak Elm Pine Birch Maple".split(), 1))
         + "".join(f"{i}. Ash\n" for i in range(6, 13))
         + "".join(f"{i}. Ash\n" for i in range(6, 13)),
+        # four repeats of a short unit at the end of a long list
+        "".join(f"{i}. {w} tree\n" for i, w in enumerate(TREES, 1))
+        + "".join(f"{i}. Ash tree\n" for i in range(26, 30)),
         # periods of punctuation, markup or digits
         "Here is the page:\n" + "<!--\n" * 12,
         "The values: " + "1000000, " * 12,
@@ -406,11 +413,11 @@ def test_a_loop_the_token_limit_cut_needs_fewer_repeats():
 
 
 def test_floors_scale_with_the_output_length():
-    loop = "1. Blue jay 2. Blue jay 3. Blue jay 4. Blue jay"
+    loop = "The cat sat on the red mat. " * 3  # 57 normalized characters, three repeats
     assert detect(loop).degenerate
-    # The same four repeats after a long clean answer are under the floors of that length.
+    # The same three repeats after a long clean answer are under the floors of that length.
     prose = " ".join(f"Sentence number {w} says something new." for w in "abcdefghijklmnopqrst")
-    assert not detect(prose + " " + loop.replace("1. ", "")).degenerate
+    assert not detect(prose + " " + loop).degenerate
     # Turning the scaling off restores the absolute floors.
     fixed = DetectorConfig(short_loop_share=1.0, min_short_loop_chars=120, short_loop_repeats=1000)
     assert not detect(loop, config=fixed).degenerate

@@ -65,10 +65,10 @@ class DetectorConfig(BaseModel):
         "'Thank you! Thank you! Thank you!' stays legitimate.",
     )
     many_repeats: float = Field(
-        5.0,
+        4.0,
         description="At any output length, a loop that repeats at least this many times "
-        "needs only min_many_repeats_chars ('12. Ash 13. Ash 14. Ash 15. Ash 16. Ash' in a "
-        "long list).",
+        "needs only min_many_repeats_chars ('12. Ash 13. Ash 14. Ash 15. Ash' in a long "
+        "list; the real-output corpus's labelling rule: 4 repeats over ~30 characters).",
     )
     min_many_repeats_chars: int = Field(
         20,
