@@ -412,6 +412,38 @@ def test_a_loop_the_token_limit_cut_needs_fewer_repeats():
     ).degenerate
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        # three repeats in a short answer, then the list moves on
+        "1. Graphite (Carbon)\n2. Calcium Sulfate (CaSO4)\n3. Calcium Sulfate (CaSO4)\n"
+        "4. Calcium Sulfate (CaSO4)\n5. Fluorite (",
+        # ... or the repeated line grows and the answer ends
+        "1. The King of the World\n2. The Queen of the Sky\n3. The Queen of the Stars\n"
+        "4. The Queen of the Stars\n5. The Queen of the Stars with a star in the top corner",
+    ],
+)
+def test_a_short_answer_that_moves_on_is_not_a_loop(text):
+    for finish_reason in ("length", "stop"):
+        assert not detect(text, finish_reason=finish_reason).degenerate
+
+
+def _char_ids(text: str) -> list[int]:
+    """One token id per character: the token pass sees exactly the text's cycles."""
+    return [ord(c) for c in text]
+
+
+def test_units_without_letters_count_their_own_repeats():
+    # five numbers, not "0" thirty-five times once punctuation and spaces are dropped
+    zeros = "Results:\n" + " ".join(["0.000000"] * 5) + "\n"
+    assert not detect(zeros, token_ids=_char_ids(zeros)).degenerate
+    # a token cycle of punctuation and digits needs min_symbol_repeats, as the text rules do
+    for repeats, loop in ((6, False), (14, True)):
+        text = "1. " + "1.2.1: " * repeats + "1.2"
+        det = detect(text, token_ids=_char_ids(text), finish_reason="length")
+        assert det.degenerate is loop, (repeats, det)
+
+
 def test_floors_scale_with_the_output_length():
     loop = "The cat sat on the red mat. " * 3  # 57 normalized characters, three repeats
     assert detect(loop).degenerate

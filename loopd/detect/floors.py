@@ -86,11 +86,16 @@ def scaled_for(cfg: DetectorConfig, text: str, n_tokens: int | None) -> Detector
 
 @per_config
 def _scaled(cfg: DetectorConfig, chars: int, tokens: int) -> DetectorConfig:
+    """Lower floors, and no recovery: at these floors a short stretch followed by more
+    text is a list that moved on ("Calcium Carbonate" three times, then "5. Fluorite"),
+    while a short output's loop runs to its end, where the token budget cut it."""
     return cfg.model_copy(
         update={
             "min_loop_chars": chars,
             "min_loop_tokens": tokens,
             "min_symbol_repeats": max(cfg.min_symbol_repeats, _SHORT_SYMBOL_REPEATS),
+            "max_recovery_chars": 0,
+            "max_recovery_tokens": 0,
         }
     )
 

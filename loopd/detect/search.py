@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from loopd.detect.config import DetectorConfig
+from loopd.detect.counters import LETTER
 from loopd.detect.items import ItemSet, may_have_item_set, tail_item_set
 from loopd.detect.plan import Plan
 from loopd.detect.runs import Limits, Run, tail_run
@@ -41,11 +42,15 @@ def _search_views(text: str, plan: Plan, lim: Limits, touched: list[Run]):
     """
     cfg = plan.cfg
     near_view = view_of(text, "near_cycle") if cfg.near_repeats or cfg.counters else ""
+    symbols = False
     if cfg.near_repeats:
         run = tail_run(near_view, lim, accept=plan.near_accept, touched=touched)
-        if run is not None:
+        if run is not None and LETTER.search(near_view, run.start, run.start + run.period):
             return "near_cycle", run, near_view
-    if not cfg.near_repeats or _symbol_tail(text, cfg.min_loop_chars):
+        # A unit without letters lost its punctuation and spacing here ("0.000000 " five
+        # times is "0" thirty-five times): its repeats are counted on the exact view.
+        symbols = run is not None
+    if not cfg.near_repeats or symbols or _symbol_tail(text, cfg.min_loop_chars):
         view = view_of(text, "cycle")
         run = tail_run(view, lim, accept=plan.cycle_accept, touched=touched)
         if run is not None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from loopd.detect.config import DEFAULT_CONFIG, DetectorConfig
+from loopd.detect.counters import LETTER
 from loopd.detect.floors import cut_loop, is_many_repeats, relaxed_variants, scaled_for
 from loopd.detect.items import ItemSet, may_have_item_set
 from loopd.detect.plan import Plan, plan_for, relaxed
@@ -100,12 +102,13 @@ def detect(
     item-set rule, and last (when the token limit cut the output) cycles of fewer repeats.
     """
     plan = plan_for(config)
-    det = _cycles(text, token_ids, plan)
+    symbols = config.min_symbol_repeats  # a token cycle of symbols, at every floor
+    det = _cycles(text, token_ids, plan, symbols)
     if det is not None:
         return det
     scaled = scaled_for(config, text, None if token_ids is None else len(token_ids))
     for relaxed_cfg in relaxed_variants(config, scaled):
-        det = _cycles(text, token_ids, plan_for(relaxed_cfg))
+        det = _cycles(text, token_ids, plan_for(relaxed_cfg), symbols)
         if det is not None:
             return det
     if config.item_sets:
@@ -113,7 +116,7 @@ def detect(
         if found is not None:
             return _from_item_set(text, token_ids, found)
     if finish_reason in config.limit_finish_reasons and (cut := cut_loop(config)) is not None:
-        det = _cycles(text, token_ids, plan_for(cut))
+        det = _cycles(text, token_ids, plan_for(cut), symbols)
         if det is not None:
             return det
     if finish_reason in config.repetition_finish_reasons:
@@ -122,11 +125,15 @@ def detect(
     return CLEAN
 
 
-def _cycles(text: str, token_ids: Sequence[int] | None, plan: Plan) -> Detection | None:
+def _cycles(
+    text: str, token_ids: Sequence[int] | None, plan: Plan, symbol_repeats: float
+) -> Detection | None:
     """The cycle rules: text views first, then (only if they found nothing) token ids.
 
     A plan whose loops are short (``floors``: many repeats) searches a short tail only,
-    and has no token pass.
+    and has no token pass. A token cycle without letters needs ``symbol_repeats``, the
+    caller's own bar: a token cycle counts its repeats exactly, so the higher bar of the
+    relaxed floors (for views, where dropped punctuation can multiply them) is not its.
     """
     cfg = plan.cfg
     if is_many_repeats(cfg):
@@ -141,9 +148,25 @@ def _cycles(text: str, token_ids: Sequence[int] | None, plan: Plan) -> Detection
         return from_text_run(text, found, token_ids, tok)
     if token_ids and cfg.min_loop_tokens <= len(token_ids):  # a text loop needs no token pass
         run = token_pass(token_ids, plan.tokens)
-        if run is not None:
+        if run is not None and _token_unit_passes(text, len(token_ids), run, symbol_repeats):
             return from_token_run(text, token_ids, run)
     return None
+
+
+def _token_unit_passes(text: str, n_tokens: int, run: Run, symbol_repeats: float) -> bool:
+    """A token cycle over text without letters ("1.2.1: " six times, ".000000" four
+    times) needs ``symbol_repeats``, as a symbol unit does in the text rules: a few
+    repeats of punctuation or digits are a table rule or a number, not yet a loop.
+
+    The ids carry no text, so the run's characters are estimated in proportion; a letter
+    anywhere there keeps the plain rule (an estimate off by a little errs towards firing),
+    and so does a call with ids alone (no text to look at: the streaming watcher's rule).
+    """
+    if not text.strip():
+        return True
+    per_token = len(text) / max(n_tokens, 1)
+    start, end = int(run.start * per_token), math.ceil(run.end * per_token) + 1
+    return LETTER.search(text, start, end) is not None or run.repeats >= symbol_repeats
 
 
 def _may_repeat_often(tail: str, repeats: float) -> bool:
