@@ -292,6 +292,9 @@ def SHIFTING(items: list[str], n: int) -> list[str]:
             f"{i}. {c}\n" for i, c in enumerate(SHIFTING(["Hungary", "Croatia", "Poland"], 27), 1)
         )
         + "\nThese are the countries.",
+        # three short items cycling in a short answer
+        "1. Cloud\n"
+        + "".join(f"{i}. {x}\n" for i, x in enumerate(["Sun", "Moon", "Star"] * 3 + ["Sun"], 2)),
         # seven colours over 24 lines (0.29 distinct per item: the labelling rule's 0.3)
         "Here are 50 colours:\n\n"
         + "".join(f"{i}. {COLOURS[(i * 3 + i // 7) % 7]}\n" for i in range(1, 25)),

@@ -73,7 +73,8 @@ class DetectorConfig(BaseModel):
     min_many_repeats_chars: int = Field(
         20,
         description="Normalized characters such a loop of many repeats must cover (text "
-        "rules only; token cycles that short are table separators).",
+        "rules only; token cycles that short are table separators), and the items of an "
+        "item set ('Sun, Moon, Star' cycling in a short answer).",
     )
     cut_loop_repeats: float = Field(
         2.5,

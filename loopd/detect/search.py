@@ -129,8 +129,13 @@ def _search_windowed(text: str, plan: Plan, lim: Limits) -> Found | None:
     return None if found is None else Found(*found, 0)
 
 
-def search_items(text: str, cfg: DetectorConfig, min_chars: int) -> ItemSet | None:
-    """The item-set rule on the tail window, behind its gate (see ``items``)."""
+def search_items(text: str, cfg: DetectorConfig) -> ItemSet | None:
+    """The item-set rule on the tail window, behind its gate (see ``items``).
+
+    Its stretch needs ``min_many_repeats_chars`` of item text, the floor of a loop of
+    many repeats: eight or more items from a small set are a loop however short they are
+    ("Sun, Moon, Star" cycling in a 48-token answer), as the corpus's labelling rule says.
+    """
     window = text.rstrip()[-_WINDOW_CHARS:]
     found = None
     if may_have_item_set(window, cfg.min_item_letters):
@@ -141,7 +146,7 @@ def search_items(text: str, cfg: DetectorConfig, min_chars: int) -> ItemSet | No
             max_share=cfg.max_distinct_share,
             min_letters=cfg.min_item_letters,
             max_recovery_chars=cfg.max_recovery_chars,
-            min_chars=min_chars,
+            min_chars=cfg.min_many_repeats_chars,
         )
     if found is None:
         return None

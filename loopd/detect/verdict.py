@@ -112,7 +112,7 @@ def detect(
         if det is not None:
             return det
     if config.item_sets:
-        found = search_items(text, config, (scaled or config).min_loop_chars)
+        found = search_items(text, config)
         if found is not None:
             return _from_item_set(text, token_ids, found)
     if finish_reason in config.limit_finish_reasons and (cut := cut_loop(config)) is not None:
