@@ -431,6 +431,14 @@ def test_a_short_answer_that_moves_on_is_not_a_loop(text):
         assert not detect(text, finish_reason=finish_reason).degenerate
 
 
+def test_a_cut_loop_of_many_repeats_needs_half_a_repeat_less():
+    """Three repeats and most of a fourth, at the token limit: a loop the budget cut."""
+    text = "Here's a simplified guide:\n\n1. **Installation**:\n\n" + "- **Installation**:\n\n" * 2
+    assert not detect(text + "- **Inst", finish_reason="length").degenerate  # under half
+    assert detect(text + "- **Installat", finish_reason="length").degenerate
+    assert not detect(text + "- **Installat", finish_reason="stop").degenerate
+
+
 def _char_ids(text: str) -> list[int]:
     """One token id per character: the token pass sees exactly the text's cycles."""
     return [ord(c) for c in text]

@@ -16,11 +16,12 @@ reach them. Two relaxations follow, each only tried when the ones before found n
    table separator, so the token pass keeps its floor there. Units without letters keep
    their own, higher bar.
 
-And one for outputs the token limit stopped (``cut_loop``): a loop that runs to the very
+And one for outputs the token limit stopped (``cut_loops``): a loop that runs to the very
 end needs only ``cut_loop_repeats`` (2.5), since the budget stopped it during its third
-repeat, as "| Cucumbers | Asia |" twice and most of a third at ``max_tokens = 128``.
-With any recovery after it, or an output that stopped by itself, three repeats stay the
-bar. It runs after the item-set rule (see ``verdict``).
+repeat, as "| Cucumbers | Asia |" twice and most of a third at ``max_tokens = 128``;
+a loop of many repeats likewise needs half a repeat less (3.5: "- **Installation**:"
+three times and "- **Install"). With any recovery after it, or an output that stopped by
+itself, the full repeats stay the bar. It runs after the item-set rule (see ``verdict``).
 
 How. Each relaxation is just another ``DetectorConfig``: the search, its plan and its
 memos stay as they are. Floors are rounded up to a multiple of 8, so a config has a few
@@ -54,13 +55,18 @@ def relaxed_variants(
     return (scaled, _many_repeats(cfg, cfg.short_loop_repeats))
 
 
-def cut_loop(cfg: DetectorConfig) -> DetectorConfig | None:
-    """The config for an output the token limit cut (None: it would find nothing new).
+def cut_loops(cfg: DetectorConfig) -> tuple[DetectorConfig, ...]:
+    """The configs for an output the token limit cut: the config's floors and the
+    many-repeats floor, each needing ``min_repeats - cut_loop_repeats`` fewer repeats of
+    a loop that runs to the very end (the budget stopped it in its last repeat; with at
+    least half of it there, that repeat counts, as the corpus's labelling rule has it).
 
     Tried last, after the item-set rule: a stretch that began as an item set and ends in
     a short cycle is reported from where the item set began.
     """
-    return _cut_loop(cfg) if cfg.cut_loop_repeats < cfg.min_repeats else None
+    if cfg.cut_loop_repeats >= cfg.min_repeats:
+        return ()  # nothing new to find
+    return (_cut_loop(cfg), _cut_many_repeats(cfg))
 
 
 def is_many_repeats(cfg: DetectorConfig) -> bool:
@@ -105,6 +111,19 @@ def _cut_loop(cfg: DetectorConfig) -> DetectorConfig:
     return cfg.model_copy(
         update={
             "min_repeats": cfg.cut_loop_repeats,
+            "max_recovery_chars": 0,
+            "max_recovery_tokens": 0,
+        }
+    )
+
+
+@per_config
+def _cut_many_repeats(cfg: DetectorConfig) -> DetectorConfig:
+    allowance = cfg.min_repeats - cfg.cut_loop_repeats
+    many = _many_repeats(cfg, cfg.many_repeats)
+    return many.model_copy(
+        update={
+            "min_repeats": many.min_repeats - allowance,
             "max_recovery_chars": 0,
             "max_recovery_tokens": 0,
         }

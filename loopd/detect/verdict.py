@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from loopd.detect.config import DEFAULT_CONFIG, DetectorConfig
 from loopd.detect.counters import LETTER
-from loopd.detect.floors import cut_loop, is_many_repeats, relaxed_variants, scaled_for
+from loopd.detect.floors import cut_loops, is_many_repeats, relaxed_variants, scaled_for
 from loopd.detect.items import ItemSet, may_have_item_set
 from loopd.detect.plan import Plan, plan_for, relaxed
 from loopd.detect.runs import Run, align_to_word, tail_run
@@ -115,10 +115,11 @@ def detect(
         found = search_items(text, config)
         if found is not None:
             return _from_item_set(text, token_ids, found)
-    if finish_reason in config.limit_finish_reasons and (cut := cut_loop(config)) is not None:
-        det = _cycles(text, token_ids, plan_for(cut), symbols)
-        if det is not None:
-            return det
+    if finish_reason in config.limit_finish_reasons:
+        for cut in cut_loops(config):
+            det = _cycles(text, token_ids, plan_for(cut), symbols)
+            if det is not None:
+                return det
     if finish_reason in config.repetition_finish_reasons:
         tokens = token_string(token_ids) if token_ids else ""
         return _locate_reported_loop(text, token_ids, tokens, plan)
