@@ -1,11 +1,11 @@
 """The detector on real SmolLM2-135M-Instruct outputs, labelled by reading.
 
 ``tests/data/detect/real_smollm2.jsonl.gz`` (412 outputs, greedy and sampled, at
-``max_tokens`` 512 with the 48- and 128-token prefixes labelled too) and its labelling
-rules are described in tests/data/detect/README.md. The held-out third was never used to
-tune the detector. The floors below are the measured figures (bench/detect.py) less a
-small margin: they guard against regressions; the issue's targets are reported, not
-asserted, where they are not met yet.
+``max_tokens`` 512 with the 48- and 128-token prefixes labelled too), the fresh 48-token
+set beside it, and their labelling rules are described in tests/data/detect/README.md.
+The held-out third was never used to tune the detector. The floors below are the
+measured figures (bench/detect.py) less a small margin: they guard against regressions;
+the issue's targets are reported, not asserted, where they are not met yet.
 """
 
 from __future__ import annotations
@@ -18,13 +18,17 @@ import pytest
 
 from loopd.detect import LoopWatcher, detect
 
-REAL = Path(__file__).parent / "data" / "detect" / "real_smollm2.jsonl.gz"
+DATA = Path(__file__).parent / "data" / "detect"
+
+
+def _load(name: str) -> list[dict]:
+    with gzip.open(DATA / name, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 @pytest.fixture(scope="module")
 def rows() -> list[dict]:
-    with gzip.open(REAL, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return _load("real_smollm2.jsonl.gz")
 
 
 def views(rows: list[dict], split: str, length: str) -> list[dict]:
@@ -94,6 +98,25 @@ def test_corpus_is_real_labelled_and_split(rows):
 def test_real_outputs_at_each_length(rows, split, length, min_precision, min_recall):
     precision, recall = scores(views(rows, split, length))
     assert precision >= min_precision and recall >= min_recall, (precision, recall)
+
+
+def test_fresh_48_token_outputs():
+    """312 answers the model gave when asked for 48 tokens, on subjects the corpus never
+    used, labelled by a reader blind to the detector (bench/corpus/gen_fresh48.py). The
+    last round of rules was found on them, so they are not held out: a regression floor."""
+    fresh = [
+        {
+            "text": r["text"],
+            "ids": r["token_ids"],
+            "finish": r["finish_reason"],
+            "label": r["label"],
+        }
+        for r in _load("fresh48_smollm2.jsonl.gz")
+        if r["label"] is not None
+    ]
+    assert len(fresh) == 283 and sum(v["label"] for v in fresh) == 43
+    precision, recall = scores(fresh)
+    assert precision >= 0.9 and recall >= 0.88, (precision, recall)
 
 
 def test_streaming_watcher_agrees_with_the_batch_token_rule_on_real_streams(rows):
