@@ -100,23 +100,36 @@ def test_real_outputs_at_each_length(rows, split, length, min_precision, min_rec
     assert precision >= min_precision and recall >= min_recall, (precision, recall)
 
 
-def test_fresh_48_token_outputs():
-    """312 answers the model gave when asked for 48 tokens, on subjects the corpus never
-    used, labelled by a reader blind to the detector (bench/corpus/gen_fresh48.py). The
-    last round of rules was found on them, so they are not held out: a regression floor."""
-    fresh = [
+def _fresh(name: str) -> list[dict]:
+    return [
         {
             "text": r["text"],
             "ids": r["token_ids"],
             "finish": r["finish_reason"],
             "label": r["label"],
         }
-        for r in _load("fresh48_smollm2.jsonl.gz")
+        for r in _load(name)
         if r["label"] is not None
     ]
+
+
+def test_fresh_48_token_outputs():
+    """312 answers the model gave when asked for 48 tokens, on subjects the corpus never
+    used, labelled by a reader blind to the detector (bench/corpus/gen_fresh.py). The
+    last round of rules was found on them, so they are not held out: a regression floor."""
+    fresh = _fresh("fresh48_smollm2.jsonl.gz")
     assert len(fresh) == 283 and sum(v["label"] for v in fresh) == 43
     precision, recall = scores(fresh)
     assert precision >= 0.9 and recall >= 0.88, (precision, recall)
+
+
+def test_fresh_128_token_outputs():
+    """188 answers asked for 128 tokens, on yet other subjects, labelled the same way and
+    measured after the last change (never tuned on): 1.000 / 0.800, as held-out."""
+    fresh = _fresh("fresh128_smollm2.jsonl.gz")
+    assert len(fresh) == 169 and sum(v["label"] for v in fresh) == 70
+    precision, recall = scores(fresh)
+    assert precision >= 0.99 and recall >= 0.76, (precision, recall)
 
 
 def test_streaming_watcher_agrees_with_the_batch_token_rule_on_real_streams(rows):
