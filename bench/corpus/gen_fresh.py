@@ -20,9 +20,10 @@ import json
 import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
-from gen_real import ENUMERATIONS, SHORT, TABLES, generate
+from gen_real import generate, subject_prompts
 
 SUBJECTS = [  # the 48-token set
     "types of bread", "ocean animals", "martial arts", "hats", "cloud types", "mushrooms",
@@ -74,34 +75,32 @@ OTHERS_128 = [
 ]
 
 
-def _sizes(rng: random.Random) -> int:
-    return rng.choice((20, 30, 40, 50, 60, 100))
+class FreshSet(NamedTuple):
+    """How one set's prompts are drawn (see ``gen_real.subject_prompts``)."""
+
+    seed: int
+    subjects: list[str]
+    shift: tuple[int, int, int]  # which enumerations and table each subject gets
+    short: slice  # the subjects also asked a short question
+    others: list[str]
+
+
+SETS = {
+    48: FreshSet(29, SUBJECTS, (0, 2, 1), slice(1, None, 2), OTHERS),
+    128: FreshSet(31, SUBJECTS_128, (1, 3, 0), slice(None, None, 3), OTHERS_128),
+}
 
 
 def prompts(tokens: int) -> list[str]:
-    """The fixed, ordered prompt list of a set: three templates per subject, a short
-    question for some subjects, and the other kinds (156 prompts for 48 tokens, 94 for
-    128)."""
-    if tokens == 48:
-        rng = random.Random(29)
-        out = [
-            t.format(n=_sizes(rng), s=s)
-            for i, s in enumerate(SUBJECTS)
-            for t in (ENUMERATIONS[i % 4], ENUMERATIONS[(i + 2) % 4], TABLES[(i + 1) % 2])
-        ]
-        return out + [SHORT[i % 3].format(s=s) for i, s in enumerate(SUBJECTS[1::2])] + OTHERS
-    rng = random.Random(31)
-    out = [
-        t.format(n=_sizes(rng), s=s)
-        for i, s in enumerate(SUBJECTS_128)
-        for t in (ENUMERATIONS[(i + 1) % 4], ENUMERATIONS[(i + 3) % 4], TABLES[i % 2])
-    ]
-    return out + [SHORT[i % 3].format(s=s) for i, s in enumerate(SUBJECTS_128[::3])] + OTHERS_128
+    """The fixed, ordered prompt list of a set (156 prompts for 48 tokens, 94 for 128)."""
+    spec = SETS[tokens]
+    rng = random.Random(spec.seed)
+    return subject_prompts(rng, spec.subjects, spec.shift, spec.subjects[spec.short]) + spec.others
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, choices=(48, 128), required=True)
+    ap.add_argument("--tokens", type=int, choices=sorted(SETS), required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--url", default="http://127.0.0.1:8000")
     ap.add_argument("--model", default="smollm2")

@@ -142,15 +142,28 @@ def tables(rng: random.Random, k: int) -> list[str]:
     return out
 
 
+def subject_prompts(
+    rng: random.Random, subjects: list[str], shift: tuple[int, int, int], short: list[str]
+) -> list[str]:
+    """Three prompts per subject -- two enumerations and a table, picked by the subject's
+    index plus ``shift`` -- then a short question about each subject of ``short``."""
+    first, second, table = shift
+    out = [
+        t.format(n=rng.choice((20, 30, 40, 50, 60, 100)), s=s)
+        for i, s in enumerate(subjects)
+        for t in (
+            ENUMERATIONS[(i + first) % 4],
+            ENUMERATIONS[(i + second) % 4],
+            TABLES[(i + table) % 2],
+        )
+    ]
+    return out + [SHORT[i % 3].format(s=s) for i, s in enumerate(short)]
+
+
 def prompts(seed: int = 13) -> list[str]:
     """The fixed, ordered prompt list (about 200)."""
     rng = random.Random(seed)
-    out = [
-        t.format(n=rng.choice((20, 30, 40, 50, 60, 100)), s=s)
-        for i, s in enumerate(SUBJECTS)
-        for t in (ENUMERATIONS[i % 4], ENUMERATIONS[(i + 1) % 4], TABLES[i % 2])
-    ]
-    out += [SHORT[i % 3].format(s=s) for i, s in enumerate(SUBJECTS[::2])]
+    out = subject_prompts(rng, SUBJECTS, (0, 1, 0), SUBJECTS[::2])
     out += STORIES + COUNTING + CODE
     out += [TRANSFORMS[i % 6].format(doc=d) for i, d in enumerate(documents(rng, 24))]
     out += [CONTINUE[i % 2].format(table=t) for i, t in enumerate(tables(rng, 10))]

@@ -6,8 +6,8 @@ completion; importing every command to build the parser made it wait ~10 s for t
 So the table below names each command's module and one-line help, ``loopd --help``
 lists them from the table alone, and only the command being run is imported.
 
-Every command module exposes ``add_parser(subparsers, help)``, which registers the
-command with that help and sets ``func`` to a handler ``(argparse.Namespace) -> int``
+Every command module exposes ``add_parser(subparsers, summary)``, which registers the
+command with that one-line help and sets ``func`` to a handler ``(argparse.Namespace) -> int``
 returning the exit status.
 """
 

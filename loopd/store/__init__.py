@@ -2,8 +2,8 @@
 
 All SQL lives in this package: writes and the loop's reads here, the read-only totals
 and rates in ``aggregates``. The database runs in WAL mode with a busy timeout so the
-daemon's jobs and an operator's ``loopd status`` can read while a job writes. The schema is
-managed by sqlite-utils ``Migrations``; a database that records a migration this code
+daemon's jobs and an operator's ``loopd status`` can read while a job writes. The schema
+is managed by sqlite-utils ``Migrations``; a database that records a migration this code
 does not know was written by a newer loopd and is refused rather than misread.
 
 Writes that belong together (a batch of samples, a round's adapter and its pairs marked
